@@ -1,0 +1,133 @@
+"""``audio-cls cv``: k-fold cross-validation over a dataset's official folds.
+
+For each test fold k, the next fold (cyclically) validates (early stopping and the best
+checkpoint) and the remaining folds train; the best checkpoint is then tested on fold k.
+Nothing of fold k is seen before its test, so the numbers are honest. ``--cv.val none`` trains
+on all other folds and validates on nothing (the checkpoint of the last epoch is tested).
+
+Every fold is a normal ``fit`` run (same config, same overrides) whose run directory sits under
+``runs/<name>/cv_<time>/fold_<k>``; ``cv_summary.json`` beside them holds per-fold metrics and
+mean/std (sample standard deviation) over folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from audio_cls.cli import AudioCLI
+
+__all__ = ["cv_folds", "run_cv", "summarize"]
+
+#: Metrics reported per fold and summarised.
+CV_METRICS = ("test/acc", "test/macro_f1", "test/clip_acc", "test/clip_macro_f1")
+
+
+def cv_folds(folds: list[int], val: str = "next") -> list[dict[str, list[int]]]:
+    """Train/val/test fold lists, one per test fold."""
+    if len(folds) < 2 + (val == "next"):
+        raise ValueError(f"cross-validation needs at least {2 + (val == 'next')} folds, got {folds}")
+    plans = []
+    for i, test in enumerate(folds):
+        val_folds = [folds[(i + 1) % len(folds)]] if val == "next" else []
+        train = [f for f in folds if f != test and f not in val_folds]
+        plans.append({"train": train, "val": val_folds, "test": [test]})
+    return plans
+
+
+def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and sample std of each metric over folds."""
+    summary = {}
+    for metric in CV_METRICS:
+        values = [f[metric] for f in per_fold if f.get(metric) is not None]
+        if values:
+            summary[metric] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
+    return summary
+
+
+class _FoldCLI(AudioCLI):
+    """A fit run whose loggers write into the cross-validation's fold directory."""
+
+    def __init__(self, tag: str, fold: int, args: list[str]) -> None:
+        self.tag, self.fold = tag, fold
+        super().__init__(args=args)
+
+    def before_instantiate_classes(self) -> None:
+        loggers = self.config[self.subcommand].trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            class_path = getattr(logger, "class_path", "")
+            if class_path.endswith("CSVLogger") or class_path.endswith("TensorBoardLogger"):
+                logger.init_args.version = f"{self.tag}/fold_{self.fold}"
+            elif class_path.endswith("WandbLogger"):
+                base = logger.init_args.get("name") or "run"
+                logger.init_args.group = f"{base}-{self.tag}"
+                logger.init_args.name = f"{base}-{self.tag}-fold{self.fold}"
+
+
+def _table(per_fold: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
+    cols = [m for m in CV_METRICS if m in summary]
+    lines = ["fold  " + "  ".join(f"{c.removeprefix('test/'):>13}" for c in cols)]
+    for row in per_fold:
+        cells = [f"{row[c]:>13.4f}" if row.get(c) is not None else f"{'-':>13}" for c in cols]
+        lines.append(f"{row['fold']:>4}  " + "  ".join(cells))
+    lines.append("mean  " + "  ".join(f"{summary[c]['mean']:>13.4f}" for c in cols))
+    lines.append(" std  " + "  ".join(f"{summary[c]['std']:>13.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+def run_cv(argv: list[str]) -> dict[str, Any]:
+    """Run ``audio-cls cv``; ``argv`` holds fit's options plus ``--cv.folds`` / ``--cv.val``."""
+    parser = argparse.ArgumentParser(prog="audio-cls cv", add_help=False)
+    parser.add_argument("--cv.folds", dest="folds", type=int, nargs="+", default=None)
+    parser.add_argument("--cv.val", dest="val", choices=("next", "none"), default="next")
+    parser.add_argument("-h", "--help", action="store_true")
+    ours, rest = parser.parse_known_args(argv)
+    if ours.help:
+        print(
+            "usage: audio-cls cv --config CONFIG [fit options] [--cv.folds K ...] [--cv.val next|none]\n\n"
+            + (__doc__ or "")
+        )
+        return {}
+
+    probe = AudioCLI(args=rest, run=False)  # resolves the config once to learn the folds
+    folds = ours.folds or probe.datamodule.manifest.folds
+    plans = cv_folds(folds, ours.val)
+    tag = time.strftime("cv_%Y%m%d-%H%M%S")
+    started = time.perf_counter()
+    per_fold, fold_dirs = [], []
+    for plan in plans:
+        k = plan["test"][0]
+        rank_zero_info(f"\n=== cv fold {k}: train {plan['train']}, val {plan['val']}, test {plan['test']}")
+        overrides = [f"--data.{split}_folds={json.dumps(plan[split])}" for split in ("train", "val", "test")]
+        if not plan["val"]:  # nothing to select on: keep the last epoch, no validation loop
+            overrides += ["--checkpoint.monitor=null", "--trainer.limit_val_batches=0"]
+        cli = _FoldCLI(tag, k, ["fit", *rest, *overrides, "--test_after_fit=true"])
+        metrics = cli.trainer.callback_metrics
+        row: dict[str, Any] = {"fold": k, **plan}
+        for m in CV_METRICS:
+            row[m] = float(metrics[m]) if m in metrics else None
+        per_fold.append(row)
+        fold_dirs.append(Path(cli.trainer.log_dir))
+    summary = summarize(per_fold)
+    out_dir = fold_dirs[0].parent
+    result = {
+        "config": rest,
+        "folds": per_fold,
+        "summary": summary,
+        "wall_time_sec": time.perf_counter() - started,
+    }
+    if probe.trainer.is_global_zero:
+        (out_dir / "cv_summary.json").write_text(json.dumps(result, indent=2))
+        print(f"\ncross-validation over folds {folds} ({result['wall_time_sec']:.0f} s)")
+        print(_table(per_fold, summary))
+        print(f"\nsummary: {out_dir / 'cv_summary.json'}")
+    return result

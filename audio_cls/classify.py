@@ -44,7 +44,9 @@ def classify(
     seg = section.get("segments") or {}
     files = AudioFiles(inputs, class_names=model.class_names)
     if limit is not None:
-        files = AudioFiles([str(c.path) for c in files.manifest(Path(".")).clips[:limit]], model.class_names)
+        files = AudioFiles(
+            [str(c.path) for c in files.manifest(Path(".")).clips[:limit]], model.class_names
+        )
     datamodule = AudioDataModule(
         root=".",
         source=files,
@@ -78,7 +80,10 @@ def _to_json(results: ClipResults, class_names: list[str], top_k: int) -> list[d
         {
             "clip_id": clip_id,
             "path": results.paths[i],
-            "top_k": [{"label": class_names[int(j)], "prob": round(float(p), 6)} for p, j in zip(top_p[i], top_i[i])],
+            "top_k": [
+                {"label": class_names[int(j)], "prob": round(float(p), 6)}
+                for p, j in zip(top_p[i], top_i[i])
+            ],
         }
         for i, clip_id in enumerate(results.clip_ids)
     ]
@@ -95,8 +100,12 @@ def classify_main(argv: list[str]) -> None:
     parser.add_argument("--out", default="predictions.csv", help="per-clip output, .csv or .json")
     parser.add_argument("--timeline", default=None, help="per-window CSV (for long recordings)")
     parser.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
-    parser.add_argument("--tta", type=int, default=1, help="time-shifted copies averaged per window")
-    parser.add_argument("--aggregation", default="mean", choices=("mean", "logit_mean", "max", "vote"))
+    parser.add_argument(
+        "--tta", type=int, default=1, help="time-shifted copies averaged per window"
+    )
+    parser.add_argument(
+        "--aggregation", default="mean", choices=("mean", "logit_mean", "max", "vote")
+    )
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=256)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="only the first N clips")
@@ -104,7 +113,13 @@ def classify_main(argv: list[str]) -> None:
 
     started = time.perf_counter()
     results, names, datamodule = classify(
-        args.ckpt, args.inputs, args.batch_size, args.tta, args.aggregation, args.accelerator, limit=args.limit
+        args.ckpt,
+        args.inputs,
+        args.batch_size,
+        args.tta,
+        args.aggregation,
+        args.accelerator,
+        limit=args.limit,
     )
     elapsed = time.perf_counter() - started
     out = Path(args.out)
@@ -114,7 +129,9 @@ def classify_main(argv: list[str]) -> None:
     else:
         write_predictions(out, results, names, args.top_k)
     if args.timeline:
-        write_timeline(Path(args.timeline), results, names, datamodule.sample_rate, datamodule.window)
+        write_timeline(
+            Path(args.timeline), results, names, datamodule.sample_rate, datamodule.window
+        )
     n_windows = len(results.segment_probs)
     for i, clip_id in enumerate(results.clip_ids[:10]):
         p, c = results.probs[i].max(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ class AudioCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for field in ("num_classes", "class_names", "sample_rate"):
-            parser.link_arguments(f"data.{field}", f"model.init_args.{field}", apply_on="instantiate")
+            parser.link_arguments(
+                f"data.{field}", f"model.init_args.{field}", apply_on="instantiate"
+            )
         # callbacks every run has get their own keys: YAML lists would replace each other
         parser.add_lightning_class_args(ClipAggregation, "clip_aggregation")
         parser.add_lightning_class_args(TTAShift, "tta")
@@ -83,11 +86,20 @@ class AudioCLI(LightningCLI):
                 latest.symlink_to(run_dir.name)
         test_after_fit = self.config_init[self.subcommand].get("test_after_fit", True)
         if test_after_fit and self.datamodule.folds()["test"] and not trainer.interrupted:
-            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=True)
+            trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=True
+            )
         rank_zero_info(f"\nrun directory:   {run_dir}")
         if best:
-            rank_zero_info(f"best checkpoint: {best}  ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})")
-        for name in ("metrics_val.json", "metrics_test.json", "predictions.csv", "confusion_matrix.png"):
+            rank_zero_info(
+                f"best checkpoint: {best}  ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})"
+            )
+        for name in (
+            "metrics_val.json",
+            "metrics_test.json",
+            "predictions.csv",
+            "confusion_matrix.png",
+        ):
             if (run_dir / name).exists():
                 rank_zero_info(f"{name + ':':<22} {run_dir / name}")
 
@@ -108,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     # W&B runs offline unless the user opts in (WANDB_MODE=online after `wandb login`)
     os.environ.setdefault("WANDB_MODE", "offline")
+    # Lightning 2.6 on torch 2.11 warns about its own use of a deprecated pytree class
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     if not argv or argv[0] in ("-h", "--help"):
         _print_help()
         return

@@ -32,7 +32,9 @@ CV_METRICS = ("test/acc", "test/macro_f1", "test/clip_acc", "test/clip_macro_f1"
 def cv_folds(folds: list[int], val: str = "next") -> list[dict[str, list[int]]]:
     """Train/val/test fold lists, one per test fold."""
     if len(folds) < 2 + (val == "next"):
-        raise ValueError(f"cross-validation needs at least {2 + (val == 'next')} folds, got {folds}")
+        raise ValueError(
+            f"cross-validation needs at least {2 + (val == 'next')} folds, got {folds}"
+        )
     plans = []
     for i, test in enumerate(folds):
         val_folds = [folds[(i + 1) % len(folds)]] if val == "next" else []
@@ -106,8 +108,12 @@ def run_cv(argv: list[str]) -> dict[str, Any]:
     per_fold, fold_dirs = [], []
     for plan in plans:
         k = plan["test"][0]
-        rank_zero_info(f"\n=== cv fold {k}: train {plan['train']}, val {plan['val']}, test {plan['test']}")
-        overrides = [f"--data.{split}_folds={json.dumps(plan[split])}" for split in ("train", "val", "test")]
+        rank_zero_info(
+            f"\n=== cv fold {k}: train {plan['train']}, val {plan['val']}, test {plan['test']}"
+        )
+        overrides = [
+            f"--data.{split}_folds={json.dumps(plan[split])}" for split in ("train", "val", "test")
+        ]
         if not plan["val"]:  # nothing to select on: keep the last epoch, no validation loop
             overrides += ["--checkpoint.monitor=null", "--trainer.limit_val_batches=0"]
         cli = _FoldCLI(tag, k, ["fit", *rest, *overrides, "--test_after_fit=true"])

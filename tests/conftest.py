@@ -64,8 +64,13 @@ def synthetic_root(tmp_path_factory) -> Path:
 ESC10_TARGETS = {0: "dog", 1: "rooster", 10: "rain", 11: "sea_waves", 12: "crackling_fire"}
 
 
-def make_esc50_tree(root: Path, targets: dict[int, str] = ESC10_TARGETS, per_fold: int = 1,
-                    seconds: float = 1.0, sr: int = 16000) -> Path:
+def make_esc50_tree(
+    root: Path,
+    targets: dict[int, str] = ESC10_TARGETS,
+    per_fold: int = 1,
+    seconds: float = 1.0,
+    sr: int = 16000,
+) -> Path:
     """An ESC-50 layout (meta/esc50.csv + audio/) holding only some targets, like ESC-10."""
     rows = ["filename,fold,target,category,esc10,src_file,take"]
     rng = np.random.default_rng(0)
@@ -75,7 +80,9 @@ def make_esc50_tree(root: Path, targets: dict[int, str] = ESC10_TARGETS, per_fol
                 src = 1000 + 10 * target + fold
                 fname = f"{fold}-{src}-{'ABCDE'[take]}-{target}.wav"
                 t = np.arange(int(sr * seconds)) / sr
-                x = 0.3 * np.sin(2 * np.pi * (200 + 150 * (target % 7)) * t) + 0.01 * rng.standard_normal(len(t))
+                x = 0.3 * np.sin(
+                    2 * np.pi * (200 + 150 * (target % 7)) * t
+                ) + 0.01 * rng.standard_normal(len(t))
                 (root / "audio").mkdir(parents=True, exist_ok=True)
                 sf.write(root / "audio" / fname, x.astype(np.float32), sr)
                 rows.append(f"{fname},{fold},{target},{name},True,{src},{'ABCDE'[take]}")

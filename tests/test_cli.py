@@ -13,8 +13,12 @@ from tests.conftest import TINY_SYNTHETIC
 
 CONFIGS = sorted((Path(__file__).parents[1] / "lightning_configs").glob("*.yaml"))
 TINY_SOURCE = [f"--data.source.init_args.{k}={v}" for k, v in TINY_SYNTHETIC.items()]
-FAST = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--data.num_workers=0", "--data.batch_size=8"]
+FAST = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.num_workers=0",
+    "--data.batch_size=8",
+]
 
 
 def make_us8k_tree(root: Path) -> Path:
@@ -24,7 +28,11 @@ def make_us8k_tree(root: Path) -> Path:
             fname = f"{100 + fold}-{cid}-0-0.wav"
             (root / "audio" / f"fold{fold}").mkdir(parents=True, exist_ok=True)
             t = np.arange(12000) / 16000
-            sf.write(root / "audio" / f"fold{fold}" / fname, (0.3 * np.sin(2 * np.pi * (300 + 500 * cid) * t)).astype(np.float32), 16000)
+            sf.write(
+                root / "audio" / f"fold{fold}" / fname,
+                (0.3 * np.sin(2 * np.pi * (300 + 500 * cid) * t)).astype(np.float32),
+                16000,
+            )
             rows.append(f"{fname},{100 + fold},0,0.75,1,{fold},{cid},{name}")
     (root / "metadata").mkdir(parents=True, exist_ok=True)
     (root / "metadata" / "UrbanSound8K.csv").write_text("\n".join(rows) + "\n")
@@ -36,7 +44,11 @@ def make_folder_tree(root: Path) -> Path:
         for i in range(10):
             t = np.arange(16000) / 16000
             (root / name).mkdir(parents=True, exist_ok=True)
-            sf.write(root / name / f"rec{i}_part0.wav", (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 16000)
+            sf.write(
+                root / name / f"rec{i}_part0.wav",
+                (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32),
+                16000,
+            )
     return root
 
 
@@ -49,9 +61,13 @@ def test_help_lists_every_verb(capsys):
 def test_configs_folder_is_reachable_as_configs():
     configs = Path(__file__).parents[1] / "configs"
     assert sorted(p.name for p in configs.glob("*.yaml")) == [p.name for p in CONFIGS]
-    assert {"quickstart.yaml", "cnn_esc50.yaml", "cnn_esc10.yaml", "cnn_us8k.yaml", "cnn_folder.yaml"} <= {
-        p.name for p in CONFIGS
-    }
+    assert {
+        "quickstart.yaml",
+        "cnn_esc50.yaml",
+        "cnn_esc10.yaml",
+        "cnn_us8k.yaml",
+        "cnn_folder.yaml",
+    } <= {p.name for p in CONFIGS}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -79,8 +95,19 @@ def test_fast_dev_run_every_config(config, data_roots, tmp_path, monkeypatch):
     text = config.read_text()
     source = next(name for name in data_roots if f"sources.{name}" in text)
     root, extra = data_roots[source]
-    main(["fit", "--config", str(config), f"--data.root={root}", "--trainer.fast_dev_run=true",
-          "--trainer.precision=32-true", "--trainer.devices=1", *extra, *FAST])
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            f"--data.root={root}",
+            "--trainer.fast_dev_run=true",
+            "--trainer.precision=32-true",
+            "--trainer.devices=1",
+            *extra,
+            *FAST,
+        ]
+    )
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -95,29 +122,59 @@ def test_fit_test_predict_classify(synthetic_root, tmp_path, monkeypatch, capsys
     main(["fit", *common, "--trainer.max_epochs=3", "--data.window_sec=0.5"])
 
     run = tmp_path / "runs" / "quickstart" / "latest"
-    for name in ("config.yaml", "metrics_val.json", "metrics_test.json", "classification_report.csv",
-                 "confusion_matrix.png", "predictions.csv", "metrics.csv", "checkpoints/best.ckpt",
-                 "checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "metrics_val.json",
+        "metrics_test.json",
+        "classification_report.csv",
+        "confusion_matrix.png",
+        "predictions.csv",
+        "metrics.csv",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+    ):
         assert (run / name).is_file(), name
     val = json.loads((run / "metrics_val.json").read_text())
     assert val["monitor"] == "val/clip_acc" and len(val["history"]) == 3
     test_metrics = json.loads((run / "metrics_test.json").read_text())
     assert {"test/acc", "test/macro_f1", "test/clip_acc", "test/clip_macro_f1"} <= set(test_metrics)
     predictions = _rows(run / "predictions.csv")
-    assert len(predictions) == TINY_SYNTHETIC["clips_per_class"] * TINY_SYNTHETIC["num_classes"] // 3
+    assert (
+        len(predictions) == TINY_SYNTHETIC["clips_per_class"] * TINY_SYNTHETIC["num_classes"] // 3
+    )
     acc = np.mean([r["prediction"] == r["target"] for r in predictions])
     assert acc == pytest.approx(test_metrics["test/clip_acc"])
-    losses = [float(r["train/loss_epoch"]) for r in _rows(run / "metrics.csv") if r.get("train/loss_epoch")]
+    losses = [
+        float(r["train/loss_epoch"])
+        for r in _rows(run / "metrics.csv")
+        if r.get("train/loss_epoch")
+    ]
     assert losses[-1] < losses[0]  # it learns
 
     ckpt = str(run / "checkpoints" / "best.ckpt")
     main(["test", *common, "--data.window_sec=0.5", f"--ckpt_path={ckpt}", "--tta.shifts=3"])
     main(["predict", *common, "--data.window_sec=0.5", f"--ckpt_path={ckpt}"])
-    newest = max((tmp_path / "runs" / "quickstart").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    newest = max(
+        (tmp_path / "runs" / "quickstart").glob("version_*"),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
     assert (newest / "segments.csv").is_file() and (newest / "predictions.csv").is_file()
 
     audio = sorted((synthetic_root / "audio").rglob("*.wav"))[:4]
-    main(["classify", "--ckpt", ckpt, *map(str, audio), "--out", "p.json", "--timeline", "t.csv", "--top-k", "2"])
+    main(
+        [
+            "classify",
+            "--ckpt",
+            ckpt,
+            *map(str, audio),
+            "--out",
+            "p.json",
+            "--timeline",
+            "t.csv",
+            "--top-k",
+            "2",
+        ]
+    )
     result = json.loads(Path("p.json").read_text())
     assert len(result) == 4 and all(len(r["top_k"]) == 2 for r in result)
     assert all(abs(sum(p["prob"] for p in r["top_k"])) <= 1.0 + 1e-6 for r in result)
@@ -130,8 +187,17 @@ def test_fit_test_predict_classify(synthetic_root, tmp_path, monkeypatch, capsys
 def test_cross_validation(synthetic_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     quickstart = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-    main(["cv", "--config", quickstart, f"--data.root={synthetic_root}", *TINY_SOURCE, *FAST,
-          "--trainer.max_epochs=1"])
+    main(
+        [
+            "cv",
+            "--config",
+            quickstart,
+            f"--data.root={synthetic_root}",
+            *TINY_SOURCE,
+            *FAST,
+            "--trainer.max_epochs=1",
+        ]
+    )
     summary_path = next((tmp_path / "runs" / "quickstart").glob("cv_*/cv_summary.json"))
     summary = json.loads(summary_path.read_text())
     assert [f["fold"] for f in summary["folds"]] == [1, 2, 3]

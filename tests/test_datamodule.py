@@ -66,13 +66,26 @@ def test_corrupt_clip_is_named_and_can_be_skipped(tmp_path, synthetic_root):
     victim = sorted((root / "audio").rglob("*.wav"))[0]
     victim.write_bytes(b"not audio at all")
     source = CSVManifest("manifest.csv", num_folds=3)
-    dm = AudioDataModule(root=str(root), source=source, num_workers=0, train_folds=[1, 2, 3],
-                         val_folds=[], test_folds=[])
+    dm = AudioDataModule(
+        root=str(root),
+        source=source,
+        num_workers=0,
+        train_folds=[1, 2, 3],
+        val_folds=[],
+        test_folds=[],
+    )
     with pytest.raises(ValueError, match=victim.name) as err:
         dm.setup("fit")
     assert "--data.on_bad_file skip" in str(err.value)
-    dm = AudioDataModule(root=str(root), source=source, num_workers=0, train_folds=[1, 2, 3],
-                         val_folds=[], test_folds=[], on_bad_file="skip")
+    dm = AudioDataModule(
+        root=str(root),
+        source=source,
+        num_workers=0,
+        train_folds=[1, 2, 3],
+        val_folds=[],
+        test_folds=[],
+        on_bad_file="skip",
+    )
     dm.setup("fit")
     assert victim not in {c.path for c in dm.splits["train"].clips}
     assert victim.exists()  # nothing is deleted
@@ -80,7 +93,9 @@ def test_corrupt_clip_is_named_and_can_be_skipped(tmp_path, synthetic_root):
 
 def test_training_windows_are_augmented_and_jittered(synthetic_root):
     torch.manual_seed(0)
-    dm = make_dm(synthetic_root, augment=WaveformAugment(gain_db=(-6, 6), noise_snr_db=(5, 5), noise_p=1.0))
+    dm = make_dm(
+        synthetic_root, augment=WaveformAugment(gain_db=(-6, 6), noise_snr_db=(5, 5), noise_p=1.0)
+    )
     dm.setup("fit")
     ds = dm._dataset("train")
     a, b = ds[0]["waveform"], ds[0]["waveform"]
@@ -100,7 +115,9 @@ def test_silent_windows_are_dropped(tmp_path, write_tone):
         sf.write(root / "a" / f"{i}.wav", x, 16000)
         rows.append(f"a/{i}.wav,{'ab'[i % 2]},{i + 1}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    kw = dict(root=str(root), source=CSVManifest(num_folds=3), num_workers=0, window_sec=1.0, hop_sec=1.0)
+    kw = dict(
+        root=str(root), source=CSVManifest(num_folds=3), num_workers=0, window_sec=1.0, hop_sec=1.0
+    )
     keep_all = AudioDataModule(**kw)
     keep_all.setup("test")
     loud_only = AudioDataModule(**kw, drop_silent_db=30.0)

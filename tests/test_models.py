@@ -111,6 +111,8 @@ def test_tta_shifts_average_rolled_copies():
         model.tta_shifts, model.tta_max_shift = 3, 0.1
         shifted = model.predict_proba(wave)
         k = int(0.1 * wave.shape[-1])
-        expected = torch.stack([model(torch.roll(wave, s, -1)).softmax(-1) for s in (-k, 0, k)]).mean(0)
+        expected = torch.stack(
+            [model(torch.roll(wave, s, -1)).softmax(-1) for s in (-k, 0, k)]
+        ).mean(0)
     assert torch.allclose(shifted, expected, atol=1e-6)
     assert not torch.allclose(plain, shifted)

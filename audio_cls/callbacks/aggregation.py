@@ -85,7 +85,9 @@ class ClipAggregation(L.Callback):
 
     def __init__(self, method: Method = "mean") -> None:
         if method not in ("mean", "logit_mean", "max", "vote"):
-            raise ValueError(f"unknown clip aggregation {method!r}; use mean, logit_mean, max or vote")
+            raise ValueError(
+                f"unknown clip aggregation {method!r}; use mean, logit_mean, max or vote"
+            )
         self.method = method
         self._outputs: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.results: dict[str, ClipResults] = {}
@@ -96,7 +98,9 @@ class ClipAggregation(L.Callback):
                 {k: v.detach().cpu() for k, v in outputs.items() if k != "target"}
             )
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
         if not trainer.sanity_checking:
             self._collect("val", outputs)
 
@@ -138,11 +142,15 @@ class ClipAggregation(L.Callback):
             preds, tgt = clip_probs[labelled], targets[labelled]
             metrics = {
                 "clip_acc": multiclass_accuracy(preds, tgt, num_classes, average="micro").item(),
-                "clip_macro_f1": multiclass_f1_score(preds, tgt, num_classes, average="macro").item(),
+                "clip_macro_f1": multiclass_f1_score(
+                    preds, tgt, num_classes, average="macro"
+                ).item(),
             }
             for name, value in metrics.items():
                 # identical on every rank after the gather: no further reduction
-                pl_module.log(f"{stage}/{name}", value, prog_bar=name == "clip_acc", rank_zero_only=False)
+                pl_module.log(
+                    f"{stage}/{name}", value, prog_bar=name == "clip_acc", rank_zero_only=False
+                )
         self.results[stage] = ClipResults(
             clip_ids=[c.clip_id for c in segments.clips],
             paths=[str(c.path) for c in segments.clips],

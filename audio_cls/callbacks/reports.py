@@ -44,7 +44,9 @@ def _number(value: Any) -> float | None:
 
 def _stage_metrics(trainer: L.Trainer, stage: str) -> dict[str, float | None]:
     return {
-        k: _number(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(f"{stage}/")
+        k: _number(v)
+        for k, v in sorted(trainer.callback_metrics.items())
+        if k.startswith(f"{stage}/")
     }
 
 
@@ -90,8 +92,13 @@ def write_timeline(
             start = int(results.segment_starts[n]) / sample_rate
             p, c = results.segment_probs[n].max(0)
             w.writerow(
-                [results.clip_ids[clip], f"{start:.3f}", f"{start + window / sample_rate:.3f}",
-                 class_names[int(c)], f"{float(p):.6f}"]
+                [
+                    results.clip_ids[clip],
+                    f"{start:.3f}",
+                    f"{start + window / sample_rate:.3f}",
+                    class_names[int(c)],
+                    f"{float(p):.6f}",
+                ]
             )
 
 
@@ -101,27 +108,42 @@ def _labelled(results: ClipResults) -> tuple[np.ndarray, np.ndarray]:
     return results.targets.numpy()[keep], results.probs.argmax(1).numpy()[keep]
 
 
-def write_classification_report(path: Path, results: ClipResults, class_names: Sequence[str]) -> None:
+def write_classification_report(
+    path: Path, results: ClipResults, class_names: Sequence[str]
+) -> None:
     """Per-class precision, recall, F1 and support at clip level, plus the averages."""
     from sklearn.metrics import classification_report
 
     y_true, y_pred = _labelled(results)
     report = classification_report(
-        y_true, y_pred, labels=list(range(len(class_names))), target_names=list(class_names),
-        output_dict=True, zero_division=0,
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
     )
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["class", "precision", "recall", "f1", "support"])
         for name, row in report.items():
             if isinstance(row, dict):
-                w.writerow([name, f"{row['precision']:.4f}", f"{row['recall']:.4f}",
-                            f"{row['f1-score']:.4f}", int(row["support"])])
+                w.writerow(
+                    [
+                        name,
+                        f"{row['precision']:.4f}",
+                        f"{row['recall']:.4f}",
+                        f"{row['f1-score']:.4f}",
+                        int(row["support"]),
+                    ]
+                )
             else:  # "accuracy" is a bare number
                 w.writerow([name, "", "", f"{row:.4f}", len(y_true)])
 
 
-def write_confusion_matrix(path: Path, results: ClipResults, class_names: Sequence[str], title: str) -> None:
+def write_confusion_matrix(
+    path: Path, results: ClipResults, class_names: Sequence[str], title: str
+) -> None:
     """Clip-level confusion matrix as a PNG (rows: true class, columns: predicted)."""
     import matplotlib
 
@@ -142,8 +164,15 @@ def write_confusion_matrix(path: Path, results: ClipResults, class_names: Sequen
     if len(class_names) <= 30:
         for (i, j), v in np.ndenumerate(cm):
             if v:
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                        color="white" if v > cm.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(v),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > cm.max() / 2 else "black",
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -175,7 +204,9 @@ class RunReport(L.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self._val_history.append({"epoch": trainer.current_epoch, **_stage_metrics(trainer, "val")})
+            self._val_history.append(
+                {"epoch": trainer.current_epoch, **_stage_metrics(trainer, "val")}
+            )
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module):
@@ -187,8 +218,12 @@ class RunReport(L.Callback):
         if monitor and all(h.get(monitor) is not None for h in self._val_history):
             pick = max if ckpt.mode == "max" else min
             best = pick(self._val_history, key=lambda h: h[monitor])
-        payload = {"monitor": monitor, "best": best, "last": self._val_history[-1],
-                   "history": self._val_history}
+        payload = {
+            "monitor": monitor,
+            "best": best,
+            "last": self._val_history[-1],
+            "history": self._val_history,
+        }
         (self.run_dir(trainer) / "metrics_val.json").write_text(json.dumps(payload, indent=2))
 
     @rank_zero_only
@@ -216,7 +251,9 @@ class RunReport(L.Callback):
         out = self.run_dir(trainer)
         write_predictions(out / "predictions.csv", results, pl_module.class_names, self.top_k)
         dm = trainer.datamodule
-        write_timeline(out / "segments.csv", results, pl_module.class_names, dm.sample_rate, dm.window)
+        write_timeline(
+            out / "segments.csv", results, pl_module.class_names, dm.sample_rate, dm.window
+        )
         log.info("predictions written to %s", out / "predictions.csv")
 
     @staticmethod
@@ -225,7 +262,9 @@ class RunReport(L.Callback):
 
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="test/confusion_matrix", images=[str(out / "confusion_matrix.png")])
+                logger.log_image(
+                    key="test/confusion_matrix", images=[str(out / "confusion_matrix.png")]
+                )
                 with (out / "predictions.csv").open() as f:
                     rows = list(csv.reader(f))
                 logger.log_table(key="test/predictions", columns=rows[0], data=rows[1:])

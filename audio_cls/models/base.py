@@ -116,7 +116,9 @@ class AudioClassifier(L.LightningModule):
             )
         self.save_hyperparameters()
         self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        )
         self.frontend = LogMel(sample_rate, n_mels, n_fft, win_ms, hop_ms, f_min, f_max)
         self.feature_norm = nn.BatchNorm1d(n_mels)  # learned per-mel-bin scaling of log energies
         self.spec_augment = SpecAugment(freq_mask, time_mask)
@@ -133,7 +135,9 @@ class AudioClassifier(L.LightningModule):
     # ------------------------------------------------------------------ model contract
     def build_head(self) -> None:
         """Attach the classifier head once ``self.backbone`` exists."""
-        self.head = ClassifierHead(self.backbone.embed_dim, self.num_classes, self.hparams.head_dropout)
+        self.head = ClassifierHead(
+            self.backbone.embed_dim, self.num_classes, self.hparams.head_dropout
+        )
 
     @property
     def frontend_settings(self) -> dict[str, Any]:
@@ -176,34 +180,44 @@ class AudioClassifier(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["waveform"])
         target = batch["soft"] if "soft" in batch else batch["target"]
-        loss = F.cross_entropy(
-            logits.float(), target, label_smoothing=self.hparams.label_smoothing
-        )
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=self.hparams.label_smoothing)
         hard = target.argmax(-1) if target.ndim == 2 else target
         self.metrics["train_metrics"].update(logits.detach(), hard)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(hard))
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(hard)
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         probs = self.predict_proba(batch["waveform"])
-        out = {"probs": probs, "clip_index": batch["clip_index"], "segment_index": batch["segment_index"]}
+        out = {
+            "probs": probs,
+            "clip_index": batch["clip_index"],
+            "segment_index": batch["segment_index"],
+        }
         if stage in STAGES:
             target = batch["target"]
             labelled = target >= 0
             if labelled.any():
                 loss = F.nll_loss(probs[labelled].clamp_min(1e-8).log(), target[labelled])
-                self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=int(labelled.sum()))
+                self.log(
+                    f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=int(labelled.sum())
+                )
                 self.metrics[f"{stage}_metrics"].update(probs[labelled], target[labelled])
             out["target"] = target
         return out
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "test")
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "predict")
 
     def _log_epoch_metrics(self, stage: str) -> None:
@@ -247,7 +261,10 @@ class AudioClassifier(L.LightningModule):
             return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # ------------------------------------------------------------------ data and checkpoint contract
     def setup(self, stage: str) -> None:
@@ -309,7 +326,7 @@ def load_classifier(
         The model in eval mode and the checkpoint's audio-cls section (front end, class names,
         segment settings).
     """
-    from audio_cls.models.registry import list_models, get_model_entry
+    from audio_cls.models.registry import get_model_entry, list_models
 
     path = Path(path)
     if not path.is_file():

@@ -72,7 +72,9 @@ def get_model_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise KeyError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}"
+        ) from None
 
 
 def create_model(name: str, num_classes: int, **overrides: Any):

@@ -27,7 +27,9 @@ class SpecAugment(nn.Module):
             raise ValueError("SpecAugment: mask widths and counts must be >= 0")
         masks: list[nn.Module] = []
         if freq_mask:
-            masks += [torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)] * n_freq_masks
+            masks += [
+                torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)
+            ] * n_freq_masks
         if time_mask:
             masks += [torchaudio.transforms.TimeMasking(time_mask, iid_masks=True)] * n_time_masks
         self.masks = nn.ModuleList(masks)

@@ -22,7 +22,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from audio_cls.callbacks.aggregation import ClipAggregation, ClipResults
 
@@ -190,8 +189,14 @@ class RunReport(L.Callback):
         self._val_history: list[dict[str, Any]] = []
 
     @staticmethod
-    def run_dir(trainer: L.Trainer) -> Path:
+    def run_dir(trainer: L.Trainer) -> Path | None:
+        """The run directory on rank zero, None on other ranks.
+
+        Every rank must call it: ``trainer.log_dir`` is a broadcast under DDP.
+        """
         path = Path(trainer.log_dir or trainer.default_root_dir)
+        if not trainer.is_global_zero:
+            return None
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -208,9 +213,9 @@ class RunReport(L.Callback):
                 {"epoch": trainer.current_epoch, **_stage_metrics(trainer, "val")}
             )
 
-    @rank_zero_only
     def on_fit_end(self, trainer, pl_module):
-        if not self._val_history:
+        out = self.run_dir(trainer)
+        if out is None or not self._val_history:
             return
         ckpt = trainer.checkpoint_callback
         monitor = getattr(ckpt, "monitor", None)
@@ -224,11 +229,12 @@ class RunReport(L.Callback):
             "last": self._val_history[-1],
             "history": self._val_history,
         }
-        (self.run_dir(trainer) / "metrics_val.json").write_text(json.dumps(payload, indent=2))
+        (out / "metrics_val.json").write_text(json.dumps(payload, indent=2))
 
-    @rank_zero_only
     def on_test_end(self, trainer, pl_module):
         out = self.run_dir(trainer)
+        if out is None:
+            return
         metrics = _stage_metrics(trainer, "test")
         (out / "metrics_test.json").write_text(json.dumps(metrics, indent=2))
         results = self._results(trainer, "test")
@@ -243,12 +249,11 @@ class RunReport(L.Callback):
         self._log_to_wandb(trainer, out)
         log.info("test reports written to %s", out)
 
-    @rank_zero_only
     def on_predict_end(self, trainer, pl_module):
-        results = self._results(trainer, "predict")
-        if results is None:
-            return
         out = self.run_dir(trainer)
+        results = self._results(trainer, "predict")
+        if out is None or results is None:
+            return
         write_predictions(out / "predictions.csv", results, pl_module.class_names, self.top_k)
         dm = trainer.datamodule
         write_timeline(

@@ -1,0 +1,86 @@
+"""Waveform augmentations, configured in YAML under ``data.augment`` (train split only).
+
+Randomness comes from torch's generator, which the data loader seeds per worker and per epoch,
+so runs repeat under ``seed_everything``. Mixup works on whole batches and lives in the data
+module (``mixup_alpha``); SpecAugment works on features and lives in the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["WaveformAugment", "mixup"]
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * torch.rand(()).item()
+
+
+class WaveformAugment:
+    """Random gain, circular time shift and additive noise at a random SNR, one clip at a time.
+
+    Args:
+        gain_db: Gain range in dB (None: off).
+        shift_sec: Largest circular shift in seconds, either way (0: off).
+        noise_snr_db: SNR range in dB of added white noise (None: off).
+        noise_p: Probability of adding noise to a window.
+    """
+
+    #: Waveform rate, set by the data module that owns this augmentation.
+    sample_rate: int = 16000
+
+    def __init__(
+        self,
+        gain_db: tuple[float, float] | None = (-6.0, 6.0),
+        shift_sec: float = 0.0,
+        noise_snr_db: tuple[float, float] | None = (10.0, 40.0),
+        noise_p: float = 0.5,
+    ) -> None:
+        for name, rng in (("gain_db", gain_db), ("noise_snr_db", noise_snr_db)):
+            if rng is not None and (len(rng) != 2 or rng[0] > rng[1]):
+                raise ValueError(f"augment.{name} must be [low, high] with low <= high, got {rng}")
+        if shift_sec < 0 or not 0 <= noise_p <= 1:
+            raise ValueError("augment.shift_sec must be >= 0 and augment.noise_p within [0, 1]")
+        self.gain_db = gain_db
+        self.shift_sec = shift_sec
+        self.noise_snr_db = noise_snr_db
+        self.noise_p = noise_p
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (T,)
+        shift = int(self.shift_sec * self.sample_rate)
+        if shift:
+            x = torch.roll(x, int(torch.randint(-shift, shift + 1, ()).item()))
+        if self.gain_db is not None:
+            x = x * 10 ** (_uniform(*self.gain_db) / 20)
+        if self.noise_snr_db is not None and torch.rand(()).item() < self.noise_p:
+            signal_power = x.square().mean().clamp_min(1e-10)
+            snr = _uniform(*self.noise_snr_db)
+            x = x + torch.randn_like(x) * torch.sqrt(signal_power / 10 ** (snr / 10))
+        return x
+
+    def __repr__(self) -> str:
+        return (
+            f"WaveformAugment(gain_db={self.gain_db}, shift_sec={self.shift_sec}, "
+            f"noise_snr_db={self.noise_snr_db}, noise_p={self.noise_p})"
+        )
+
+
+def mixup(
+    waveform: torch.Tensor, target: torch.Tensor, num_classes: int, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al., 2018) of a batch with a shuffled copy of itself.
+
+    Args:
+        waveform: ``(B, T)``.
+        target: Hard ``(B,)`` or soft ``(B, C)`` targets.
+        num_classes: Class count for one-hot targets.
+        alpha: Beta distribution parameter.
+
+    Returns:
+        Mixed waveforms and soft targets ``(B, C)``.
+    """
+    soft = target if target.ndim == 2 else torch.nn.functional.one_hot(target, num_classes).float()
+    lam = torch.distributions.Beta(alpha, alpha).sample().item()
+    lam = max(lam, 1 - lam)  # the first sample stays dominant, so its hard label stays meaningful
+    perm = torch.randperm(len(waveform), device=waveform.device)
+    return lam * waveform + (1 - lam) * waveform[perm], lam * soft + (1 - lam) * soft[perm]

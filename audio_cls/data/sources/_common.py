@@ -1,0 +1,215 @@
+"""Pieces that several sources share: CSV rows, fold dealing, downloading an archive."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.client
+import io
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO
+
+from audio_cls.data.sources.base import ManifestError
+
+_log = logging.getLogger(__name__)
+
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as ``(line number, row)``, after checking the header has ``required``."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets write a BOM
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read the file ({e})") from None
+    with io.StringIO(text, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ManifestError(
+                f"{path}, line 1: missing column(s) {', '.join(missing)} "
+                f"(found: {', '.join(header) or 'no header'})"
+            )
+        reader.fieldnames = header
+        rows = []
+        for row in reader:
+            rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}))
+    return rows
+
+
+def missing_files_error(csv_path: Path, missing: Sequence[Path], hint: str = "") -> ManifestError:
+    """One error listing the first few missing files and how many there are."""
+    shown = "\n  ".join(str(p) for p in missing[:5])
+    more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return ManifestError(
+        f"{csv_path}: {len(missing)} audio file(s) listed there do not exist:\n  {shown}{more}"
+        + (f"\n{hint}" if hint else "")
+    )
+
+
+def existing_names(folder: Path) -> set[str]:
+    """File names in ``folder`` (one listdir instead of a stat per clip)."""
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+def contiguous_labels(
+    pairs: Iterable[tuple[int, str]], csv_path: Path
+) -> tuple[dict[int, int], list[str]]:
+    """Map dataset target ids, maybe with gaps, to 0..C-1 in id order; names per id."""
+    names: dict[int, str] = {}
+    for target, name in pairs:
+        if names.setdefault(target, name) != name:
+            raise ManifestError(
+                f"{csv_path}: target {target} is named both '{names[target]}' and '{name}'"
+            )
+    order = sorted(names)
+    return {t: i for i, t in enumerate(order)}, [names[t] for t in order]
+
+
+def split_folds(num_folds: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Train on folds 1..K-2, validate on K-1, test on K."""
+    return tuple(range(1, num_folds - 1)), (num_folds - 1,), (num_folds,)
+
+
+def check_num_folds(num_folds: int) -> None:
+    if num_folds < 3:
+        raise ValueError(f"num_folds must be >= 3 (train, val and test folds), got {num_folds}")
+
+
+def _rank(text: str) -> bytes:
+    # hashlib, not hash(): Python salts str hashes per process
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).digest()
+
+
+def assign_folds(labels: Sequence[str], groups: Sequence[str], num_folds: int) -> list[int]:
+    """Deterministic, stratified, group-aware folds 1..num_folds for each item.
+
+    Per class, groups are ordered by a stable hash and dealt round-robin to the folds (starting
+    at a fold fixed by the class name), skipping ahead to the fold with the fewest items when
+    groups differ in size. A group already placed by an earlier class keeps its fold, so items
+    of one source recording never straddle folds.
+    """
+    members: dict[str, dict[str, int]] = {}
+    for label, group in zip(labels, groups):
+        by_group = members.setdefault(label, {})
+        by_group[group] = by_group.get(group, 0) + 1
+    fold_of: dict[str, int] = {}
+    for label in sorted(members):
+        counts = [0] * num_folds
+        todo = []
+        for group, n in members[label].items():
+            if group in fold_of:
+                counts[fold_of[group] - 1] += n
+            else:
+                todo.append(group)
+        nxt = int.from_bytes(_rank(label)[:4], "big") % num_folds
+        for group in sorted(todo, key=lambda g: _rank(g)):
+            low = min(counts)
+            while counts[nxt] != low:
+                nxt = (nxt + 1) % num_folds
+            fold_of[group] = nxt + 1
+            counts[nxt] += members[label][group]
+            nxt = (nxt + 1) % num_folds
+    return [fold_of[g] for g in groups]
+
+
+def download_and_extract(
+    name: str, url: str, root: Path, top_folder: str, marker: str, help_text: str
+) -> None:
+    """Download an archive into ``root`` and unpack its ``top_folder`` contents into ``root``.
+
+    ``marker`` (the metadata file, relative to the top folder) is moved in last, so an
+    interrupted run never leaves a root that looks complete.
+
+    Raises:
+        ManifestError: Download or unpacking failed; the message includes ``help_text``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    suffix = ".zip" if url.lower().endswith(".zip") else ".tar.gz"
+    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=".download-", suffix=suffix)
+    archive = Path(tmp_name)
+    unpack = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
+    try:
+        _log.info("downloading %s from %s into %s", name, url, root)
+        try:
+            with (
+                os.fdopen(fd, "wb") as out,
+                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
+            ):
+                _copy_with_progress(resp, out, name)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise ManifestError(
+                f"could not download {name} from {url} ({reason}). {help_text}"
+            ) from None
+        try:
+            if suffix == ".zip":
+                with zipfile.ZipFile(archive) as z:
+                    z.extractall(unpack)  # zipfile drops absolute and '..' parts of names
+            else:
+                with tarfile.open(archive, "r:*") as t:
+                    if hasattr(tarfile, "data_filter"):
+                        t.extractall(unpack, filter="data")
+                    else:  # pragma: no cover - Python without PEP 706 backports
+                        t.extractall(unpack)
+        except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
+            raise ManifestError(f"could not unpack {name} from {url} ({e}). {help_text}") from None
+        top = unpack / top_folder
+        if not (top / marker).is_file():
+            top = unpack  # an archive without the top folder
+        if not (top / marker).is_file():
+            raise ManifestError(
+                f"the {name} archive from {url} holds no {top_folder}/{marker}. {help_text}"
+            )
+        held = unpack / ".marker"
+        os.replace(top / marker, held)
+        _merge_move(top, root, skip=held)
+        (root / marker).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(held, root / marker)
+    finally:
+        archive.unlink(missing_ok=True)
+        shutil.rmtree(unpack, ignore_errors=True)
+
+
+def _copy_with_progress(resp: IO[bytes], out: IO[bytes], name: str) -> None:
+    headers = getattr(resp, "headers", None)
+    total = int(headers.get("Content-Length") or 0) if headers is not None else 0
+    done, step = 0, 256 << 20
+    next_log = step
+    while chunk := resp.read(1 << 20):
+        out.write(chunk)
+        done += len(chunk)
+        if done >= next_log:  # archives run to gigabytes: show that it is moving
+            of = f" of {total >> 20} MB" if total else " MB"
+            _log.info("%s: %d%s downloaded", name, done >> 20, of)
+            next_log += step
+
+
+def _merge_move(src: Path, dst: Path, skip: Path) -> None:
+    """Move the tree ``src`` into ``dst``, merging folders and replacing files; keeps extras."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        if child == skip:
+            continue
+        target = dst / child.name
+        if child.is_dir() and target.is_dir():
+            _merge_move(child, target, skip)
+        else:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(child, target)

@@ -1,0 +1,105 @@
+"""ESC-50: 2000 five-second environmental recordings, 50 classes, 5 folds (and ESC-10).
+
+Piczak, "ESC: Dataset for Environmental Sound Classification", ACM MM 2015.
+https://github.com/karolpiczak/ESC-50 - audio from freesound.org, license CC BY-NC 3.0.
+
+Layout: ``root/meta/esc50.csv`` (filename, fold, target, category, esc10, src_file, take) and
+``root/audio/<filename>``. Folds follow the dataset (clips of one source recording share a fold).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from audio_cls.data.sources._common import (
+    contiguous_labels,
+    download_and_extract,
+    existing_names,
+    missing_files_error,
+    read_csv,
+)
+from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError
+
+__all__ = ["ESC50"]
+
+_CSV = Path("meta") / "esc50.csv"
+
+
+class ESC50(ClipSource):
+    """ESC-50, or its 10-class subset ESC-10.
+
+    Labels are the dataset's targets renumbered 0..C-1 in target order (ESC-10 targets have
+    gaps); class names are the ``category`` column.
+
+    Args:
+        subset: ``"esc50"`` for all clips, ``"esc10"`` for the rows marked ``esc10``.
+        download: Fetch the public archive into the root when ``meta/esc50.csv`` is missing.
+    """
+
+    URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
+    default_folds = ((1, 2, 3), (4,), (5,))
+
+    def __init__(self, subset: Literal["esc50", "esc10"] = "esc50", download: bool = True) -> None:
+        if subset not in ("esc50", "esc10"):
+            raise ValueError(f"subset must be 'esc50' or 'esc10', got {subset!r}")
+        self.subset = subset
+        self.download = download
+
+    def _help(self) -> str:
+        return (
+            "Download and unpack it yourself, then pass --data.root /path/to/ESC-50-master "
+            "(the folder that holds meta/esc50.csv and audio/)"
+        )
+
+    def prepare(self, root: Path) -> None:
+        root = Path(root)
+        if (root / _CSV).is_file():
+            return
+        if not self.download:
+            raise ManifestError(
+                f"ESC-50 not found: {root / _CSV} does not exist and download is off. "
+                f"Get {self.URL}. {self._help()}"
+            )
+        download_and_extract(
+            "ESC-50", self.URL, root, "ESC-50-master", _CSV.as_posix(), self._help()
+        )
+
+    def manifest(self, root: Path) -> Manifest:
+        root = Path(root)
+        csv_path = root / _CSV
+        if not csv_path.is_file():
+            raise ManifestError(f"ESC-50 not found: {csv_path} does not exist. {self._help()}")
+        rows = read_csv(csv_path, ("filename", "fold", "target", "category"))
+        if self.subset == "esc10" and rows and "esc10" in rows[0][1]:
+            # a CSV without the esc10 column is taken to hold ESC-10 already
+            rows = [(n, r) for n, r in rows if r["esc10"].lower() in ("true", "1", "yes")]
+            if not rows:
+                raise ManifestError(f"{csv_path}: no row has esc10 set to True")
+        parsed = []
+        for line, r in rows:
+            try:
+                fold, target = int(r["fold"]), int(r["target"])
+            except ValueError:
+                raise ManifestError(
+                    f"{csv_path}, line {line}: fold '{r['fold']}' and target '{r['target']}' "
+                    "must be integers"
+                ) from None
+            if fold < 1:
+                raise ManifestError(f"{csv_path}, line {line}: fold must be >= 1, got {fold}")
+            parsed.append((r["filename"], fold, target, r["category"]))
+        if not parsed:
+            raise ManifestError(f"{csv_path}: no clips listed")
+        index, names = contiguous_labels(((t, c) for _, _, t, c in parsed), csv_path)
+        audio = root / "audio"
+        present = existing_names(audio)
+        missing = [audio / f for f, *_ in parsed if f not in present]
+        if missing:
+            raise missing_files_error(
+                csv_path,
+                missing,
+                "Re-extract the archive so that audio/ is complete, or point "
+                "--data.root at a complete copy.",
+            )
+        clips = [Clip(audio / f, index[t], fold, Path(f).stem) for f, fold, t, _ in parsed]
+        return Manifest(clips, names, root)

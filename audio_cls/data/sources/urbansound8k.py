@@ -1,0 +1,102 @@
+"""UrbanSound8K: 8732 urban sound excerpts (<= 4 s), 10 classes, 10 predefined folds.
+
+Salamon, Jacoby, Bello, "A Dataset and Taxonomy for Urban Sound Research", ACM MM 2014.
+https://urbansounddataset.weebly.com/urbansound8k.html - audio from freesound.org, license
+CC BY-NC 3.0. Use the predefined folds: slices of one recording share a fold, and reshuffling
+them inflates scores.
+
+Layout: ``root/metadata/UrbanSound8K.csv`` (slice_file_name, fsID, start, end, salience, fold,
+classID, class) and ``root/audio/fold<N>/<slice_file_name>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from audio_cls.data.sources._common import (
+    contiguous_labels,
+    download_and_extract,
+    existing_names,
+    missing_files_error,
+    read_csv,
+)
+from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError
+
+__all__ = ["UrbanSound8K"]
+
+_CSV = Path("metadata") / "UrbanSound8K.csv"
+
+
+class UrbanSound8K(ClipSource):
+    """UrbanSound8K with its ten folds: train 1-8, validate 9, test 10.
+
+    Labels are ``classID`` (renumbered 0..C-1 in id order should a trimmed CSV leave gaps);
+    class names come from the ``class`` column.
+
+    Args:
+        download: Fetch the public archive (about 6 GB) into the root when the CSV is missing.
+    """
+
+    URL = "https://zenodo.org/record/1203745/files/UrbanSound8K.tar.gz"
+    default_folds = (tuple(range(1, 9)), (9,), (10,))
+
+    def __init__(self, download: bool = True) -> None:
+        self.download = download
+
+    def _help(self) -> str:
+        return (
+            "Download and unpack it yourself, then pass --data.root /path/to/UrbanSound8K "
+            "(the folder that holds metadata/UrbanSound8K.csv and audio/)"
+        )
+
+    def prepare(self, root: Path) -> None:
+        root = Path(root)
+        if (root / _CSV).is_file():
+            return
+        if not self.download:
+            raise ManifestError(
+                f"UrbanSound8K not found: {root / _CSV} does not exist and download is off. "
+                f"Get {self.URL}. {self._help()}"
+            )
+        download_and_extract(
+            "UrbanSound8K", self.URL, root, "UrbanSound8K", _CSV.as_posix(), self._help()
+        )
+
+    def manifest(self, root: Path) -> Manifest:
+        root = Path(root)
+        csv_path = root / _CSV
+        if not csv_path.is_file():
+            raise ManifestError(
+                f"UrbanSound8K not found: {csv_path} does not exist. {self._help()}"
+            )
+        rows = read_csv(csv_path, ("slice_file_name", "fold", "classID", "class"))
+        parsed = []
+        for line, r in rows:
+            try:
+                fold, target = int(r["fold"]), int(r["classID"])
+            except ValueError:
+                raise ManifestError(
+                    f"{csv_path}, line {line}: fold '{r['fold']}' and classID '{r['classID']}' "
+                    "must be integers"
+                ) from None
+            if fold < 1:
+                raise ManifestError(f"{csv_path}, line {line}: fold must be >= 1, got {fold}")
+            parsed.append((r["slice_file_name"], fold, target, r["class"]))
+        if not parsed:
+            raise ManifestError(f"{csv_path}: no clips listed")
+        index, names = contiguous_labels(((t, c) for _, _, t, c in parsed), csv_path)
+        audio = root / "audio"
+        present = {fold: existing_names(audio / f"fold{fold}") for fold in {p[1] for p in parsed}}
+        missing = [audio / f"fold{fold}" / f for f, fold, *_ in parsed if f not in present[fold]]
+        if missing:
+            raise missing_files_error(
+                csv_path,
+                missing,
+                "Re-extract the archive so that audio/fold1..fold10 are "
+                "complete, or point --data.root at a complete copy.",
+            )
+        clips = [
+            Clip(audio / f"fold{fold}" / f, index[t], fold, Path(f).stem)
+            for f, fold, t, _ in parsed
+        ]
+        return Manifest(clips, names, root)

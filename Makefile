@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install ## Train, test and predict on the embedded synthetic set (no download)
 	$(BIN)/audio-cls fit --config configs/quickstart.yaml
 	$(BIN)/audio-cls classify --ckpt $(RUNS)/quickstart/latest/checkpoints/best.ckpt \
-		data/synthetic/audio --limit 8 --out $(RUNS)/quickstart/latest/demo_predictions.csv
+		data/synthetic/audio/*/*_000.wav --out $(RUNS)/quickstart/latest/demo_predictions.csv
 
 test: install ## Run the fast test suite (slow and gpu tests excluded)
 	$(BIN)/python -m pytest

@@ -1,0 +1,296 @@
+"""Mamba encoder over log-mel frames.
+
+Paper: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (2023),
+https://arxiv.org/abs/2312.00752. Bidirectional variant as in Vision Mamba (Zhu et al., 2024,
+https://arxiv.org/abs/2401.09417): a second mixer reads the time-reversed sequence.
+
+The blocks are ``transformers``' ``MambaMixer`` (``transformers.models.mamba.modeling_mamba``),
+so parameter names match Hugging Face Mamba checkpoints (``layers.{i}.mixer.*``,
+``layers.{i}.norm.weight``, ``norm_f.weight``) and one state dict serves both compute paths:
+
+- kernel path: ``MambaMixer.forward``. ``transformers`` binds its module-level functions
+  (``mamba_inner_fn``, ``mamba_selective_scan``, ``causal_conv1d_fn``) to the ``mamba-ssm`` /
+  ``causal-conv1d`` CUDA kernels when those packages import, else to its own PyTorch code;
+  the choice is made once, when ``modeling_mamba`` is imported, not per device.
+- reference path: :func:`mamba_mixer_ref`, the same math in plain PyTorch (sequential
+  selective scan), runs anywhere.
+
+``MambaEncoder(use_kernels=None)`` picks the kernel path only for CUDA input when the kernels
+are bound (:func:`kernels_available`), so a checkpoint trained on a GPU runs unchanged on a CPU.
+Importing this module imports neither ``modeling_mamba`` nor ``mamba_ssm``; building an encoder
+imports the former, which imports ``mamba_ssm`` only where it is installed. The residual stream
+stays fp32 under autocast (as ``residual_in_fp32`` in ``transformers``' ``MambaBlock``).
+
+Weights: trained from scratch here; no public audio Mamba weights are loaded. Install the
+kernels with the ``cuda`` extra (``mamba-ssm``, ``causal-conv1d``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import math
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import MambaConfig
+
+if TYPE_CHECKING:
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+__all__ = [
+    "AttentionPool",
+    "MambaEncoder",
+    "MambaLayer",
+    "kernels_available",
+    "mamba_mixer_ref",
+    "selective_scan_ref",
+]
+
+_SSM_OPTIM = {"weight_decay": 0.0}
+
+
+def _modeling_mamba() -> ModuleType:
+    """``transformers.models.mamba.modeling_mamba``, imported on first use."""
+    return importlib.import_module("transformers.models.mamba.modeling_mamba")
+
+
+@functools.lru_cache(maxsize=1)
+def kernels_available() -> bool:
+    """Whether ``transformers`` bound ``MambaMixer`` to the ``mamba-ssm`` CUDA kernels.
+
+    Reads the binding ``transformers.integrations.hub_kernels.
+    use_kernel_func_from_hub_with_fallback`` made for ``mamba_selective_scan`` (its
+    ``is_new_implementation`` flag); falls back to ``is_mamba_ssm_available()`` where that
+    wrapper looks different.
+    """
+    mm = _modeling_mamba()
+    try:
+        bound = inspect.getclosurevars(mm.mamba_selective_scan).nonlocals["is_new_implementation"]
+        return bool(bound)
+    except (KeyError, TypeError, ValueError):
+        from transformers.utils.import_utils import is_mamba_ssm_available
+
+        return bool(is_mamba_ssm_available())
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+) -> torch.Tensor:
+    """Selective scan, step by step, in fp32.
+
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t.
+
+    Args:
+        u: Input ``(B E L)``.
+        delta: Positive step sizes ``(B E L)`` (softplus already applied).
+        A: State matrix diagonal ``(E N)``, negative real.
+        B: Input-dependent input matrix ``(B L N)``.
+        C: Input-dependent output matrix ``(B L N)``.
+        D: Skip ``(E)``.
+
+    Returns:
+        ``(B E L)`` in the dtype of ``u``.
+    """
+    dtype = u.dtype
+    u, delta, A, B, C = u.float(), delta.float(), A.float(), B.float(), C.float()
+    dA = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (B E L N)
+    dBu = delta.unsqueeze(-1) * B.unsqueeze(1) * u.unsqueeze(-1)  # (B E L N)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[-1])  # (B E N)
+    hs = []
+    for dA_t, dBu_t in zip(dA.unbind(2), dBu.unbind(2)):  # unbind: one backward op, not L
+        h = torch.addcmul(dBu_t, dA_t, h)
+        hs.append(h)
+    y = torch.einsum("blen,bln->bel", torch.stack(hs, dim=1), C)  # (B E L)
+    y = y + u * D.float()[:, None]
+    return y.to(dtype)
+
+
+def mamba_mixer_ref(mixer: MambaMixer, x: torch.Tensor) -> torch.Tensor:
+    """A ``MambaMixer`` forward in plain PyTorch, on the mixer's own parameters.
+
+    Args:
+        mixer: A ``transformers`` ``MambaMixer``.
+        x: ``(B L D)``.
+
+    Returns:
+        ``(B L D)``.
+    """
+    L = x.shape[1]
+    R, N = mixer.time_step_rank, mixer.ssm_state_size
+    u, z = mixer.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B E L) (B E L)
+    u = mixer.act(mixer.conv1d(u)[..., :L])  # causal depthwise conv (B E L)
+    dt, B, C = torch.split(mixer.x_proj(u.transpose(1, 2)), [R, N, N], dim=-1)  # (B L R/N/N)
+    delta = F.softplus(mixer.dt_proj(dt).float()).transpose(1, 2)  # (B E L)
+    A = -torch.exp(mixer.A_log.float())  # (E N)
+    y = selective_scan_ref(u, delta, A, B, C, mixer.D)  # (B E L)
+    y = y * mixer.act(z)
+    return mixer.out_proj(y.transpose(1, 2).to(x.dtype))  # (B L D)
+
+
+def _mixer_kernel(mixer: MambaMixer, x: torch.Tensor) -> torch.Tensor:
+    """``MambaMixer.forward``: the mamba-ssm kernels where transformers bound them."""
+    return mixer(x)
+
+
+class AttentionPool(nn.Module):
+    """One learned query attending over frames; starts as mean pooling (zero query).
+
+    Args:
+        dim: Feature size D.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(dim))
+        self.key = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B L D) -> (B D)``."""
+        scores = self.key(x) @ self.query / math.sqrt(x.shape[-1])  # (B L)
+        weights = scores.softmax(dim=-1)
+        return torch.einsum("bl,bld->bd", weights, x)
+
+
+class MambaLayer(nn.Module):
+    """Residual pre-norm Mamba block; optionally a second mixer on the reversed sequence.
+
+    ``A_log``, ``D`` and ``dt_proj`` of each mixer carry ``_optim = {"weight_decay": 0.0}``.
+
+    Args:
+        config: ``transformers`` ``MambaConfig``.
+        layer_idx: Index of the layer in the stack.
+        bidirectional: Add a mixer reading the time-reversed sequence (outputs summed).
+        dropout: Dropout on the mixer output before the residual sum.
+    """
+
+    def __init__(
+        self, config: MambaConfig, layer_idx: int, bidirectional: bool, dropout: float
+    ) -> None:
+        super().__init__()
+        mm = _modeling_mamba()
+        self.norm = mm.MambaRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mixer = mm.MambaMixer(config, layer_idx=layer_idx)
+        self.mixer_rev = mm.MambaMixer(config, layer_idx=layer_idx) if bidirectional else None
+        self.dropout = nn.Dropout(dropout)
+        self._mark_optim()
+
+    def _mark_optim(self) -> None:
+        for mixer in (self.mixer, self.mixer_rev):
+            if mixer is not None:
+                for p in (mixer.A_log, mixer.D, mixer.dt_proj.weight, mixer.dt_proj.bias):
+                    p._optim = dict(_SSM_OPTIM)
+
+    def __setstate__(self, state: dict) -> None:
+        # copy.deepcopy rebuilds Parameters without their attributes: put the hints back.
+        super().__setstate__(state)
+        self._mark_optim()
+
+    def forward(self, x: torch.Tensor, use_kernels: bool) -> torch.Tensor:
+        """``(B L D) -> (B L D)``; ``use_kernels`` selects ``MambaMixer.forward``."""
+        mix = _mixer_kernel if use_kernels else mamba_mixer_ref
+        h = self.norm(x)
+        y = mix(self.mixer, h)
+        if self.mixer_rev is not None:
+            y = y + mix(self.mixer_rev, h.flip(1)).flip(1)
+        return x + self.dropout(y)
+
+
+class MambaEncoder(nn.Module):
+    """Log-mel frames -> stack of Mamba blocks -> pooled embedding.
+
+    Input ``(B F T)`` (F mel bins, T frames); output ``(B D)`` with ``D = embed_dim = d_model``.
+
+    Args:
+        n_mels: Mel bins F of the input.
+        d_model: Width D of the residual stream and of the embedding.
+        n_layers: Number of Mamba blocks.
+        d_state: SSM state size N.
+        d_conv: Width of the causal depthwise convolution.
+        expand: Inner width E = expand * D.
+        bidirectional: Each block also runs a mixer on the time-reversed sequence.
+        pooling: ``mean`` over frames, or ``attention`` (one learned query).
+        dropout: Dropout after the input projection and on each block's output.
+        use_kernels: ``None`` = the ``mamba-ssm`` kernels for CUDA input when transformers
+            bound them, the PyTorch reference otherwise; ``True`` = always the kernels (error
+            if unusable); ``False`` = always the reference. May be changed after construction.
+    """
+
+    def __init__(
+        self,
+        n_mels: int,
+        d_model: int = 256,
+        n_layers: int = 4,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        bidirectional: bool = False,
+        pooling: Literal["mean", "attention"] = "mean",
+        dropout: float = 0.0,
+        use_kernels: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
+        for name, value in (
+            ("n_mels", n_mels),
+            ("d_model", d_model),
+            ("n_layers", n_layers),
+            ("d_state", d_state),
+            ("d_conv", d_conv),
+            ("expand", expand),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        config = MambaConfig(
+            hidden_size=d_model,
+            state_size=d_state,
+            conv_kernel=d_conv,
+            expand=expand,
+            num_hidden_layers=n_layers,
+            use_cache=False,
+        )
+        self.embed_dim = d_model
+        self.use_kernels = use_kernels
+        self.input_proj = nn.Linear(n_mels, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            MambaLayer(config, i, bidirectional, dropout) for i in range(n_layers)
+        )
+        self.norm_f = _modeling_mamba().MambaRMSNorm(d_model, eps=config.layer_norm_epsilon)
+        self.pool = AttentionPool(d_model) if pooling == "attention" else None
+
+    def _resolve_use_kernels(self, x: torch.Tensor) -> bool:
+        if self.use_kernels is None:
+            return x.is_cuda and kernels_available()
+        if self.use_kernels:
+            if not x.is_cuda:
+                raise RuntimeError("use_kernels=True needs CUDA input; the kernels are CUDA-only")
+            if not kernels_available():
+                raise RuntimeError(
+                    "use_kernels=True but transformers did not bind the mamba-ssm kernels: "
+                    "install the 'cuda' extra (mamba-ssm, causal-conv1d)"
+                )
+        return bool(self.use_kernels)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B F T) -> (B T D)`` normalised frame features."""
+        use_kernels = self._resolve_use_kernels(x)
+        h = self.dropout(self.input_proj(x.transpose(1, 2)).float())  # (B T D) fp32 residual
+        for layer in self.layers:
+            h = layer(h, use_kernels)
+        return self.norm_f(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B F T) -> (B D)``."""
+        h = self.forward_features(x)  # (B T D)
+        return h.mean(dim=1) if self.pool is None else self.pool(h)

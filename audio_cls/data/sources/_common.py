@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from audio_cls.data.sources.base import ManifestError
+from audio_cls.data.sources.base import ClipSource, ManifestError
 
 _log = logging.getLogger(__name__)
 
@@ -213,3 +213,45 @@ def _merge_move(src: Path, dst: Path, skip: Path) -> None:
             elif target.exists() or target.is_symlink():
                 target.unlink()
             os.replace(child, target)
+
+
+class ArchiveSource(ClipSource):
+    """A public dataset with a metadata CSV, downloaded as one archive when missing.
+
+    Subclasses set ``NAME``, ``URL``, ``ARCHIVE_FOLDER`` (the archive's top folder) and ``CSV``
+    (the metadata file relative to the dataset root).
+    """
+
+    NAME: str
+    URL: str
+    ARCHIVE_FOLDER: str
+    CSV: Path
+
+    def __init__(self, download: bool = True) -> None:
+        self.download = download
+
+    def _help(self) -> str:
+        return (
+            f"Download and unpack it yourself, then pass --data.root /path/to/{self.ARCHIVE_FOLDER} "
+            f"(the folder that holds {self.CSV.as_posix()} and audio/)"
+        )
+
+    def prepare(self, root: Path) -> None:
+        root = Path(root)
+        if (root / self.CSV).is_file():
+            return
+        if not self.download:
+            raise ManifestError(
+                f"{self.NAME} not found: {root / self.CSV} does not exist and download is off. "
+                f"Get {self.URL}. {self._help()}"
+            )
+        download_and_extract(
+            self.NAME, self.URL, root, self.ARCHIVE_FOLDER, self.CSV.as_posix(), self._help()
+        )
+
+    def csv_path(self, root: Path) -> Path:
+        """The metadata CSV under ``root``; a ManifestError saying what to do when missing."""
+        path = Path(root) / self.CSV
+        if not path.is_file():
+            raise ManifestError(f"{self.NAME} not found: {path} does not exist. {self._help()}")
+        return path

@@ -13,20 +13,18 @@ from pathlib import Path
 from typing import Literal
 
 from audio_cls.data.sources._common import (
+    ArchiveSource,
     contiguous_labels,
-    download_and_extract,
     existing_names,
     missing_files_error,
     read_csv,
 )
-from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError
+from audio_cls.data.sources.base import Clip, Manifest, ManifestError
 
 __all__ = ["ESC50"]
 
-_CSV = Path("meta") / "esc50.csv"
 
-
-class ESC50(ClipSource):
+class ESC50(ArchiveSource):
     """ESC-50, or its 10-class subset ESC-10.
 
     Labels are the dataset's targets renumbered 0..C-1 in target order (ESC-10 targets have
@@ -37,6 +35,9 @@ class ESC50(ClipSource):
         download: Fetch the public archive into the root when ``meta/esc50.csv`` is missing.
     """
 
+    NAME = "ESC-50"
+    ARCHIVE_FOLDER = "ESC-50-master"
+    CSV = Path("meta") / "esc50.csv"
     URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
     default_folds = ((1, 2, 3), (4,), (5,))
 
@@ -44,32 +45,11 @@ class ESC50(ClipSource):
         if subset not in ("esc50", "esc10"):
             raise ValueError(f"subset must be 'esc50' or 'esc10', got {subset!r}")
         self.subset = subset
-        self.download = download
-
-    def _help(self) -> str:
-        return (
-            "Download and unpack it yourself, then pass --data.root /path/to/ESC-50-master "
-            "(the folder that holds meta/esc50.csv and audio/)"
-        )
-
-    def prepare(self, root: Path) -> None:
-        root = Path(root)
-        if (root / _CSV).is_file():
-            return
-        if not self.download:
-            raise ManifestError(
-                f"ESC-50 not found: {root / _CSV} does not exist and download is off. "
-                f"Get {self.URL}. {self._help()}"
-            )
-        download_and_extract(
-            "ESC-50", self.URL, root, "ESC-50-master", _CSV.as_posix(), self._help()
-        )
+        super().__init__(download)
 
     def manifest(self, root: Path) -> Manifest:
         root = Path(root)
-        csv_path = root / _CSV
-        if not csv_path.is_file():
-            raise ManifestError(f"ESC-50 not found: {csv_path} does not exist. {self._help()}")
+        csv_path = self.csv_path(root)
         rows = read_csv(csv_path, ("filename", "fold", "target", "category"))
         if self.subset == "esc10" and rows and "esc10" in rows[0][1]:
             # a CSV without the esc10 column is taken to hold ESC-10 already

@@ -14,20 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from audio_cls.data.sources._common import (
+    ArchiveSource,
     contiguous_labels,
-    download_and_extract,
     existing_names,
     missing_files_error,
     read_csv,
 )
-from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError
+from audio_cls.data.sources.base import Clip, Manifest, ManifestError
 
 __all__ = ["UrbanSound8K"]
 
-_CSV = Path("metadata") / "UrbanSound8K.csv"
 
-
-class UrbanSound8K(ClipSource):
+class UrbanSound8K(ArchiveSource):
     """UrbanSound8K with its ten folds: train 1-8, validate 9, test 10.
 
     Labels are ``classID`` (renumbered 0..C-1 in id order should a trimmed CSV leave gaps);
@@ -37,38 +35,15 @@ class UrbanSound8K(ClipSource):
         download: Fetch the public archive (about 6 GB) into the root when the CSV is missing.
     """
 
+    NAME = "UrbanSound8K"
+    ARCHIVE_FOLDER = "UrbanSound8K"
+    CSV = Path("metadata") / "UrbanSound8K.csv"
     URL = "https://zenodo.org/record/1203745/files/UrbanSound8K.tar.gz"
     default_folds = (tuple(range(1, 9)), (9,), (10,))
 
-    def __init__(self, download: bool = True) -> None:
-        self.download = download
-
-    def _help(self) -> str:
-        return (
-            "Download and unpack it yourself, then pass --data.root /path/to/UrbanSound8K "
-            "(the folder that holds metadata/UrbanSound8K.csv and audio/)"
-        )
-
-    def prepare(self, root: Path) -> None:
-        root = Path(root)
-        if (root / _CSV).is_file():
-            return
-        if not self.download:
-            raise ManifestError(
-                f"UrbanSound8K not found: {root / _CSV} does not exist and download is off. "
-                f"Get {self.URL}. {self._help()}"
-            )
-        download_and_extract(
-            "UrbanSound8K", self.URL, root, "UrbanSound8K", _CSV.as_posix(), self._help()
-        )
-
     def manifest(self, root: Path) -> Manifest:
         root = Path(root)
-        csv_path = root / _CSV
-        if not csv_path.is_file():
-            raise ManifestError(
-                f"UrbanSound8K not found: {csv_path} does not exist. {self._help()}"
-            )
+        csv_path = self.csv_path(root)
         rows = read_csv(csv_path, ("slice_file_name", "fold", "classID", "class"))
         parsed = []
         for line, r in rows:

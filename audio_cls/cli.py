@@ -74,6 +74,10 @@ class AudioCLI(LightningCLI):
             help="After fit, test the best checkpoint on the test folds (fit only).",
         )
 
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
+        trainer.precision = resolve_precision(trainer.precision, trainer.accelerator)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
@@ -104,6 +108,27 @@ class AudioCLI(LightningCLI):
                 rank_zero_info(f"{name + ':':<22} {run_dir / name}")
 
 
+def resolve_precision(precision: Any, accelerator: Any) -> Any:
+    """``bf16-mixed`` where the device has bf16; else the nearest precision it runs, said once.
+
+    GPUs before Ampere lack bf16 (-> ``16-mixed``); on CPUs bf16 autocast runs, but far slower
+    than fp32 on most of them (-> ``32-true``).
+    """
+    import torch
+
+    if str(precision) not in ("bf16-mixed", "bf16"):
+        return precision
+    on_gpu = torch.cuda.is_available() and str(accelerator) in ("auto", "gpu", "cuda")
+    if on_gpu:
+        if torch.cuda.is_bf16_supported():
+            return precision
+        fallback = "16-mixed"
+    else:
+        fallback = "32-true"
+    rank_zero_info(f"precision {precision} is not available on this device: using {fallback}")
+    return fallback
+
+
 def _print_help() -> None:
     print("usage: audio-cls <verb> [options]\n\nverbs:")
     for verb, text in VERBS.items():
@@ -116,8 +141,25 @@ def _print_help() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (returns None: a returned object would become exit status 1)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Console-script entry point (returns None: a returned object would become exit status 1).
+
+    Errors in the user's data, audio or checkpoint end the process with their message alone
+    (exit status 2); ``AUDIO_CLS_TRACEBACK=1`` shows the traceback too.
+    """
+    from audio_cls.data.sources.base import ManifestError
+    from audio_cls.io import AudioLoadError
+    from audio_cls.models.base import CheckpointMismatchError
+
+    try:
+        _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except (ManifestError, AudioLoadError, CheckpointMismatchError) as err:
+        if os.environ.get("AUDIO_CLS_TRACEBACK") or argv is not None:
+            raise
+        print(f"audio-cls: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _dispatch(argv: list[str]) -> None:
     # W&B runs offline unless the user opts in (WANDB_MODE=online after `wandb login`)
     os.environ.setdefault("WANDB_MODE", "offline")
     # Lightning 2.6 on torch 2.11 warns about its own use of a deprecated pytree class

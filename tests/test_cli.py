@@ -208,3 +208,30 @@ def test_cross_validation(synthetic_root, tmp_path, monkeypatch, capsys):
     assert summary["summary"]["test/clip_acc"]["mean"] == pytest.approx(np.mean(clip))
     assert summary["summary"]["test/clip_acc"]["std"] == pytest.approx(np.std(clip, ddof=1))
     assert "mean" in capsys.readouterr().out
+
+
+def test_missing_dataset_says_how_to_point_at_a_copy(tmp_path, monkeypatch):
+    from audio_cls.data.sources import ESC50, ManifestError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ESC50, "URL", (tmp_path / "no-such-archive.zip").as_uri())
+    config = str(Path(__file__).parents[1] / "configs" / "mamba_esc50.yaml")
+    with pytest.raises(
+        ManifestError, match=r"could not download ESC-50.*--data\.root /path/to/ESC-50-master"
+    ):
+        main(["fit", "--config", config])
+
+
+def test_bf16_falls_back_where_the_device_lacks_it(monkeypatch):
+    import torch
+
+    from audio_cls.cli import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("bf16-mixed", "auto") == "32-true"
+    assert resolve_precision("16-mixed", "auto") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("bf16-mixed", "gpu") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("bf16-mixed", "gpu") == "bf16-mixed"

@@ -225,16 +225,16 @@ class AudioDataModule(L.LightningDataModule):
         for stage, chosen in folds.items():
             missing = sorted(set(chosen) - available)
             if missing:
-                raise ValueError(
+                raise ManifestError(
                     f"data.{stage}_folds {chosen} names fold(s) {missing} that the dataset at "
                     f"{self.root} does not have (it has folds {sorted(available)})"
                 )
         if not folds["train"]:
-            raise ValueError("data.train_folds selects nothing; name at least one fold")
+            raise ManifestError("data.train_folds selects nothing; name at least one fold")
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             shared = sorted(set(folds[a]) & set(folds[b]))
             if shared:
-                raise ValueError(
+                raise ManifestError(
                     f"data.{a}_folds and data.{b}_folds share fold(s) {shared}: the "
                     f"{b} numbers would not be honest; give each split its own folds"
                 )
@@ -276,7 +276,7 @@ class AudioDataModule(L.LightningDataModule):
             listing = "\n".join(f"  {err}" for _, err in failures[:20])
             more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
             if self.on_bad_file == "raise":
-                raise ValueError(
+                raise ManifestError(
                     f"{len(failures)} of {len(clips)} {split} clip(s) could not be read:\n"
                     f"{listing}{more}\nFix or remove them, or pass --data.on_bad_file skip to "
                     f"leave them out (they are listed in the log)."

@@ -5,13 +5,19 @@ kernels, ...) are imported only where they are used.
 """
 
 from audio_cls.models.base import AudioClassifier, CheckpointMismatchError, load_classifier
+from audio_cls.models.liquid_s4 import LiquidS4Classifier
+from audio_cls.models.mamba import MambaClassifier
 from audio_cls.models.mel_cnn import MelCNN
 from audio_cls.models.registry import create_model, get_model_entry, list_models, register_model
+from audio_cls.models.vjepa2 import VJEPA2Classifier
 
 __all__ = [
     "AudioClassifier",
     "CheckpointMismatchError",
+    "LiquidS4Classifier",
+    "MambaClassifier",
     "MelCNN",
+    "VJEPA2Classifier",
     "create_model",
     "get_model_entry",
     "list_models",

@@ -1,0 +1,74 @@
+"""V-JEPA2-style tubelet ViT classifier over log-mel spectrograms, with an attentive pooler.
+
+Paper: Assran et al., "V-JEPA 2" (2025). The spectrogram is cut into time chunks (tubelets) of
+``chunk_frames`` frames, embedded, encoded by transformers' ``VJEPA2Layer`` blocks and pooled by
+``VJEPA2AttentivePooler``. Published V-JEPA2 pooler (and matching encoder) weights load through
+``audio_cls.nn.tubelet_vit.load_vjepa2_state``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from audio_cls.models.base import AudioClassifier
+from audio_cls.models.mamba import SSM_FRONTEND
+from audio_cls.models.registry import register_model
+from audio_cls.nn.tubelet_vit import TubeletViTEncoder
+
+__all__ = ["VJEPA2Classifier"]
+
+
+@register_model(
+    "vjepa2",
+    frontend=SSM_FRONTEND,
+    weight_formats=("hf-hub:facebook/vjepa2-*",),
+    tiny={"d_model": 32, "depth": 1, "num_heads": 2},
+)
+class VJEPA2Classifier(AudioClassifier):
+    """Tubelet ViT with V-JEPA2's attentive pooler.
+
+    Args:
+        num_classes: Output classes.
+        chunk_frames: Frames per tubelet (the earlier project: 8, giving 19-20 tokens for 5 s).
+        mel_patch: Mel bins per token (None: the whole mel axis).
+        d_model: Token width.
+        depth: Transformer blocks.
+        num_heads: Attention heads.
+        mlp_ratio: MLP width factor.
+        dropout: Dropout in attention and MLP.
+        pooler_layers: Self-attention layers inside the attentive pooler.
+        remainder: Leftover frames after the last whole chunk: ``pad`` into one more, or ``crop``.
+        drop_path: Stochastic depth rate.
+        **kwargs: Front end, augmentation, loss and optimiser settings of ``AudioClassifier``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        chunk_frames: int = 8,
+        mel_patch: int | None = None,
+        d_model: int = 192,
+        depth: int = 4,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        pooler_layers: int = 1,
+        remainder: Literal["pad", "crop"] = "pad",
+        drop_path: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.backbone = TubeletViTEncoder(
+            self.hparams.n_mels,
+            chunk_frames=chunk_frames,
+            mel_patch=mel_patch,
+            d_model=d_model,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            dropout=dropout,
+            pooler_layers=pooler_layers,
+            remainder=remainder,
+            drop_path=drop_path,
+        )
+        self.build_head()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ def classify(
         short_clip=seg.get("short_clip", "pad"),
         eval_batch_size=batch_size,
         num_workers=num_workers,
-        cache_dir=cache_dir or tempfile.mkdtemp(prefix="audio-cls-classify-"),
+        cache_dir=cache_dir or "memory",  # one pass: decoded clips need not touch the disk
     )
     aggregator = ClipAggregation(aggregation)
     trainer = L.Trainer(

@@ -140,3 +140,14 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_bad_sample_rate(tmp_path):
     with pytest.raises(ValueError, match="positive"):
         WaveformCache(tmp_path, 0)
+
+
+def test_memory_mode_decodes_once_and_writes_nothing(tmp_path, write_tone, decodes):
+    path = write_tone(tmp_path / "a.wav", sr=8000, seconds=0.25)
+    cache = WaveformCache(None, 16000)
+    first = cache.load(path)
+    assert len(first) == 4000 and path in cache
+    assert cache.load(path) is first
+    assert cache.warm([path]) == []
+    assert len(decodes) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]

@@ -47,15 +47,21 @@ class WaveformCache:
     (reloading is cheap: a cached ``load`` takes tens of microseconds).
 
     Args:
-        cache_dir: Folder for the entries; shared safely between processes and runs.
+        cache_dir: Folder for the entries; shared safely between processes and runs. None keeps
+            the waveforms in this process' memory instead: for one pass over files seen once
+            (``audio-cls classify``), where writing them to disk would only cost time.
         sample_rate: Rate every waveform is resampled to, in Hz.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, sample_rate: int) -> None:
+    def __init__(self, cache_dir: str | os.PathLike | None, sample_rate: int) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-        self.cache_dir = Path(cache_dir).expanduser()
         self.sample_rate = int(sample_rate)
+        self._memory: dict[Path, np.ndarray] | None = None
+        if cache_dir is None:
+            self._memory = {}
+            cache_dir = "<memory>"
+        self.cache_dir = Path(cache_dir).expanduser()
         self._dir = self.cache_dir / _VERSION / f"sr{self.sample_rate}"
 
     def __repr__(self) -> str:
@@ -64,6 +70,8 @@ class WaveformCache:
     def __contains__(self, path: object) -> bool:
         if not isinstance(path, (str, os.PathLike)):
             return False
+        if self._memory is not None:
+            return Path(path) in self._memory
         try:
             return self._entry(path)[0].is_file()
         except OSError:
@@ -75,6 +83,11 @@ class WaveformCache:
         Raises:
             AudioLoadError: The source cannot be decoded (see ``audio_cls.io.load_audio``).
         """
+        if self._memory is not None:
+            wav = self._memory.get(Path(path))
+            if wav is None:
+                wav = self._memory[Path(path)] = load_audio(path, self.sample_rate)
+            return wav
         entry, stamp = self._locate(path)
         try:
             return _map(entry)
@@ -113,7 +126,10 @@ class WaveformCache:
 
         def one(p: Path) -> AudioLoadError | None:
             try:
-                self._decode_and_store(p, *self._locate(p))
+                if self._memory is not None:
+                    self.load(p)
+                else:
+                    self._decode_and_store(p, *self._locate(p))
             except AudioLoadError as e:
                 return e
             return None

@@ -95,9 +95,13 @@ class AudioCLI(LightningCLI):
             )
         rank_zero_info(f"\nrun directory:   {run_dir}")
         if best:
-            rank_zero_info(
-                f"best checkpoint: {best}  ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})"
+            score = getattr(ckpt, "best_model_score", None)
+            said = (
+                f"  ({ckpt.monitor} = {float(score):.4f})"
+                if ckpt.monitor and score is not None
+                else ""
             )
+            rank_zero_info(f"best checkpoint: {best}{said}")
         for name in (
             "metrics_val.json",
             "metrics_test.json",

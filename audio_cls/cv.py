@@ -59,12 +59,20 @@ def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 class _FoldCLI(AudioCLI):
     """A fit run whose loggers write into the cross-validation's fold directory."""
 
-    def __init__(self, tag: str, fold: int, args: list[str]) -> None:
-        self.tag, self.fold = tag, fold
+    def __init__(self, tag: str, fold: int, args: list[str], validate: bool = True) -> None:
+        self.tag, self.fold, self.validate = tag, fold, validate
         super().__init__(args=args)
 
     def before_instantiate_classes(self) -> None:
-        loggers = self.config[self.subcommand].trainer.logger
+        super().before_instantiate_classes()
+        trainer = self.config[self.subcommand].trainer
+        if not self.validate and trainer.callbacks:  # nothing to stop early on
+            trainer.callbacks = [
+                cb
+                for cb in trainer.callbacks
+                if not getattr(cb, "class_path", "").endswith("EarlyStopping")
+            ]
+        loggers = trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             class_path = getattr(logger, "class_path", "")
             if class_path.endswith("CSVLogger") or class_path.endswith("TensorBoardLogger"):
@@ -116,7 +124,9 @@ def run_cv(argv: list[str]) -> dict[str, Any]:
         ]
         if not plan["val"]:  # nothing to select on: keep the last epoch, no validation loop
             overrides += ["--checkpoint.monitor=null", "--trainer.limit_val_batches=0"]
-        cli = _FoldCLI(tag, k, ["fit", *rest, *overrides, "--test_after_fit=true"])
+        cli = _FoldCLI(
+            tag, k, ["fit", *rest, *overrides, "--test_after_fit=true"], bool(plan["val"])
+        )
         metrics = cli.trainer.callback_metrics
         row: dict[str, Any] = {"fold": k, **plan}
         for m in CV_METRICS:

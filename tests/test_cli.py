@@ -235,3 +235,30 @@ def test_bf16_falls_back_where_the_device_lacks_it(monkeypatch):
     assert resolve_precision("bf16-mixed", "gpu") == "16-mixed"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_precision("bf16-mixed", "gpu") == "bf16-mixed"
+
+
+def test_cross_validation_without_validation_folds(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quickstart = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+    from audio_cls.cv import run_cv
+
+    result = run_cv(
+        [
+            "--config",
+            quickstart,
+            f"--data.root={synthetic_root}",
+            *TINY_SOURCE,
+            *FAST,
+            "--trainer.max_epochs=1",
+            "--cv.val",
+            "none",
+            "--cv.folds",
+            "1",
+            "2",
+        ]
+    )
+    assert [(f["train"], f["val"], f["test"]) for f in result["folds"]] == [
+        ([2], [], [1]),
+        ([1], [], [2]),
+    ]
+    assert all(f["test/clip_acc"] is not None for f in result["folds"])

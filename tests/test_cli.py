@@ -108,6 +108,9 @@ def test_fast_dev_run_every_config(config, data_roots, tmp_path, monkeypatch):
             *FAST,
         ]
     )
+    assert not list(tmp_path.glob("*.json")) and not list(
+        tmp_path.glob("*.csv")
+    )  # no reports in cwd
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -192,8 +192,11 @@ class RunReport(L.Callback):
     def run_dir(trainer: L.Trainer) -> Path | None:
         """The run directory on rank zero, None on other ranks.
 
-        Every rank must call it: ``trainer.log_dir`` is a broadcast under DDP.
+        Every rank must call it: ``trainer.log_dir`` is a broadcast under DDP. None as well under
+        ``fast_dev_run``: a debugging pass has no run directory and must not litter the cwd.
         """
+        if trainer.fast_dev_run:
+            return None
         path = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return None

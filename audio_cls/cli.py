@@ -167,7 +167,6 @@ def _dispatch(argv: list[str]) -> None:
     # W&B runs offline unless the user opts in (WANDB_MODE=online after `wandb login`)
     os.environ.setdefault("WANDB_MODE", "offline")
     # Lightning 2.6 on torch 2.11 warns about its own use of a deprecated pytree class
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     if not argv or argv[0] in ("-h", "--help"):
         _print_help()

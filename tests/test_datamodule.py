@@ -65,27 +65,18 @@ def test_corrupt_clip_is_named_and_can_be_skipped(tmp_path, synthetic_root):
     shutil.copytree(synthetic_root, root)
     victim = sorted((root / "audio").rglob("*.wav"))[0]
     victim.write_bytes(b"not audio at all")
-    source = CSVManifest("manifest.csv", num_folds=3)
-    dm = AudioDataModule(
+    kw = dict(
         root=str(root),
-        source=source,
+        source=CSVManifest("manifest.csv", num_folds=3),
         num_workers=0,
         train_folds=[1, 2, 3],
         val_folds=[],
         test_folds=[],
     )
     with pytest.raises(ValueError, match=victim.name) as err:
-        dm.setup("fit")
+        AudioDataModule(**kw).setup("fit")
     assert "--data.on_bad_file skip" in str(err.value)
-    dm = AudioDataModule(
-        root=str(root),
-        source=source,
-        num_workers=0,
-        train_folds=[1, 2, 3],
-        val_folds=[],
-        test_folds=[],
-        on_bad_file="skip",
-    )
+    dm = AudioDataModule(**kw, on_bad_file="skip")
     dm.setup("fit")
     assert victim not in {c.path for c in dm.splits["train"].clips}
     assert victim.exists()  # nothing is deleted

@@ -62,6 +62,11 @@ class ClipResults:
     segment_starts: torch.Tensor  # (N,) start sample
     metrics: dict[str, float]
 
+    @property
+    def covered(self) -> torch.Tensor:
+        """``(num_clips,)`` mask of the clips that have at least one window."""
+        return torch.bincount(self.segment_clip_index, minlength=len(self.clip_ids)) > 0
+
 
 def _gather_rows(pl_module: L.LightningModule, tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate a rank-local ``(n, ...)`` tensor over ranks; ``n`` may differ per rank."""

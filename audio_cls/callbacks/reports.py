@@ -55,7 +55,7 @@ def write_predictions(
     """One row per clip: id, path, target, top-k classes with probabilities, every probability."""
     k = min(top_k, len(class_names))
     top_p, top_i = results.probs.topk(k, dim=1)
-    covered = torch.bincount(results.segment_clip_index, minlength=len(results.clip_ids)) > 0
+    covered = results.covered
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -102,8 +102,7 @@ def write_timeline(
 
 
 def _labelled(results: ClipResults) -> tuple[np.ndarray, np.ndarray]:
-    covered = torch.bincount(results.segment_clip_index, minlength=len(results.clip_ids)) > 0
-    keep = (covered & (results.targets >= 0)).numpy()
+    keep = (results.covered & (results.targets >= 0)).numpy()
     return results.targets.numpy()[keep], results.probs.argmax(1).numpy()[keep]
 
 

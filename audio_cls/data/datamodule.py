@@ -27,8 +27,6 @@ __all__ = ["AudioDataModule", "SegmentSet"]
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["train", "val", "test", "predict"]
-
 
 @dataclass
 class SegmentSet:
@@ -73,7 +71,7 @@ class _WindowDataset(Dataset):
         # a cached load is a ~15 us memory map; keeping maps open would exhaust file handles
         return self.cache.load(self.segments.clips[clip_index].path)
 
-    def _window(self, clip_index: int, start: int, x: np.ndarray) -> np.ndarray:
+    def _window(self, start: int, x: np.ndarray) -> np.ndarray:
         if self.train and self.jitter:
             # a random offset around the grid window keeps silent-window filtering meaningful
             latest = max(len(x) - self.window, 0)
@@ -99,7 +97,7 @@ class _WindowDataset(Dataset):
             clip_index, start = int(rows[j, 0]), int(rows[j, 1])
             if clip_index != current:
                 current, x = clip_index, self._waveform(clip_index)
-            waveform[j] = self._window(clip_index, start, x)
+            waveform[j] = self._window(start, x)
         batch = torch.from_numpy(waveform)
         if self.augment is not None:
             for j in range(len(batch)):

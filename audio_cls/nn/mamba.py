@@ -13,7 +13,7 @@ so parameter names match Hugging Face Mamba checkpoints (``layers.{i}.mixer.*``,
   ``causal-conv1d`` CUDA kernels when those packages import, else to its own PyTorch code;
   the choice is made once, when ``modeling_mamba`` is imported, not per device.
 - reference path: :func:`mamba_mixer_ref`, the same math in plain PyTorch (sequential
-  selective scan), runs anywhere.
+  selective scan with a hand-written backward), runs anywhere.
 
 ``MambaEncoder(use_kernels=None)`` picks the kernel path only for CUDA input when the kernels
 are bound (:func:`kernels_available`), so a checkpoint trained on a GPU runs unchanged on a CPU.
@@ -78,6 +78,68 @@ def kernels_available() -> bool:
         return bool(is_mamba_ssm_available())
 
 
+class _SelectiveScan(torch.autograd.Function):
+    """Sequential selective scan with a hand-written backward (a reverse scan).
+
+    Autograd through a Python loop records several nodes per time step and re-stacks their
+    gradients; materialising ``exp(delta A)`` and ``delta B u`` for all steps (B E L N) makes
+    every op a pass over memory. Here each step works on one (B E N) block that stays in cache,
+    forward and backward alike; only the states are kept for the backward (L B E N), and
+    ``exp(delta_t A)`` is recomputed there. About 3x faster than autograd on 2 CPU cores
+    (``bench/train_step.py``). The D skip is left to the caller (plain autograd).
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):  # (B E L) (B E L) (E N) (B L N) (B L N)
+        with torch.autocast(u.device.type, enabled=False):
+            L = u.shape[-1]
+            # Time-major copies, so step t reads contiguous blocks.
+            delta_t = delta.permute(2, 0, 1).contiguous()  # (L B E)
+            du_t = (delta * u).permute(2, 0, 1).contiguous()  # (L B E)
+            B_t = B.transpose(0, 1).contiguous().unsqueeze(2)  # (L B 1 N)
+            C_t = C.transpose(0, 1).contiguous().unsqueeze(-1)  # (L B N 1)
+            states = u.new_empty(L, *u.shape[:2], A.shape[-1])  # (L B E N)
+            y = u.new_empty(L, *u.shape[:2], 1)  # (L B E 1)
+            h = u.new_zeros(states.shape[1:])
+            for t in range(L):
+                dA = torch.exp(delta_t[t].unsqueeze(-1) * A)
+                h = torch.mul(h, dA, out=states[t]).addcmul_(du_t[t].unsqueeze(-1), B_t[t])
+                torch.bmm(h, C_t[t], out=y[t])
+        ctx.save_for_backward(u, delta, A, delta_t, du_t, B_t, C_t, states)
+        return y.squeeze(-1).permute(1, 2, 0)  # (B E L)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, delta, A, delta_t, du_t, B_t, C_t, states = ctx.saved_tensors
+        with torch.autocast(u.device.type, enabled=False):
+            L = states.shape[0]
+            grad_y = grad_y.to(u.dtype).permute(2, 0, 1).contiguous().unsqueeze(-1)  # (L B E 1)
+            grad_delta_A = u.new_zeros(delta_t.shape)  # d/d(delta_t) through exp(delta_t A)
+            grad_du = u.new_empty(*delta_t.shape, 1)  # (L B E 1)
+            grad_B = u.new_empty(B_t.shape)  # (L B 1 N)
+            grad_C = u.new_empty(C_t.shape)  # (L B N 1)
+            grad_A = torch.zeros_like(A)
+            g = u.new_zeros(states.shape[1:])  # total gradient of h_t (B E N)
+            for t in range(L - 1, -1, -1):
+                h = states[t]
+                torch.bmm(h.transpose(1, 2), grad_y[t], out=grad_C[t])
+                g.addcmul_(grad_y[t], C_t[t].transpose(1, 2))  # + y_t's own term
+                torch.bmm(g, B_t[t].transpose(1, 2), out=grad_du[t])  # h_t = ... + du_t B_t
+                torch.bmm(du_t[t].unsqueeze(1), g, out=grad_B[t])
+                if t > 0:  # h_t = exp(delta_t A) h_{t-1} + ...;  h_{-1} = 0
+                    dA = torch.exp(delta_t[t].unsqueeze(-1) * A)
+                    q = g * dA * states[t - 1]  # d/d(delta_t A)
+                    grad_delta_A[t] = (q * A).sum(-1)
+                    grad_A += (q * delta_t[t].unsqueeze(-1)).sum(0)
+                    g *= dA
+            grad_du = grad_du.squeeze(-1).permute(1, 2, 0)  # (B E L)
+            grad_delta = grad_delta_A.permute(1, 2, 0) + grad_du * u
+            grad_u = grad_du * delta
+            grad_B = grad_B.squeeze(2).transpose(0, 1)  # (B L N)
+            grad_C = grad_C.squeeze(-1).transpose(0, 1)
+        return grad_u, grad_delta, grad_A, grad_B, grad_C
+
+
 def selective_scan_ref(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -86,7 +148,7 @@ def selective_scan_ref(
     C: torch.Tensor,
     D: torch.Tensor,
 ) -> torch.Tensor:
-    """Selective scan, step by step, in fp32.
+    """Selective scan, step by step, in fp32 (same math as ``mamba_ssm``'s kernel).
 
     h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t.
 
@@ -102,17 +164,9 @@ def selective_scan_ref(
         ``(B E L)`` in the dtype of ``u``.
     """
     dtype = u.dtype
-    u, delta, A, B, C = u.float(), delta.float(), A.float(), B.float(), C.float()
-    dA = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (B E L N)
-    dBu = delta.unsqueeze(-1) * B.unsqueeze(1) * u.unsqueeze(-1)  # (B E L N)
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[-1])  # (B E N)
-    hs = []
-    for dA_t, dBu_t in zip(dA.unbind(2), dBu.unbind(2)):  # unbind: one backward op, not L
-        h = torch.addcmul(dBu_t, dA_t, h)
-        hs.append(h)
-    y = torch.einsum("blen,bln->bel", torch.stack(hs, dim=1), C)  # (B E L)
-    y = y + u * D.float()[:, None]
-    return y.to(dtype)
+    u = u.float()
+    y = _SelectiveScan.apply(u, delta.float(), A.float(), B.float(), C.float())
+    return (y + u * D.float()[:, None]).to(dtype)
 
 
 def mamba_mixer_ref(mixer: MambaMixer, x: torch.Tensor) -> torch.Tensor:

@@ -153,10 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     from audio_cls.data.sources.base import ManifestError
     from audio_cls.io import AudioLoadError
     from audio_cls.models.base import CheckpointMismatchError
+    from audio_cls.nn.weights import PretrainedWeightsError
 
     try:
         _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except (ManifestError, AudioLoadError, CheckpointMismatchError) as err:
+    except (ManifestError, AudioLoadError, CheckpointMismatchError, PretrainedWeightsError) as err:
         if os.environ.get("AUDIO_CLS_TRACEBACK") or argv is not None:
             raise
         print(f"audio-cls: error: {err}", file=sys.stderr)

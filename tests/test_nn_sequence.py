@@ -341,3 +341,45 @@ def test_vjepa2_mismatch_raises_clear_error():
     shallow = TubeletViTEncoder(F_MELS, d_model=24, depth=2, num_heads=2, pooler_layers=1)
     with pytest.raises(ValueError, match="pooler_layers=2"):
         load_vjepa2_pooler_state(shallow, sd)
+
+
+def test_vjepa2_classifier_starts_from_pretrained_folder_at_fit_only(tmp_path):
+    from safetensors.torch import save_file
+
+    from audio_cls.models import VJEPA2Classifier
+
+    hf = _public_vjepa2_state()
+    save_file(
+        {k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "model.safetensors"
+    )
+    kw = {"num_classes": 3, "class_names": ["a", "b", "c"], "sample_rate": 16000, "n_mels": 16}
+    kw |= {"d_model": 24, "depth": 2, "num_heads": 2, "pretrained": str(tmp_path)}
+    model = VJEPA2Classifier(pretrained_encoder=True, **kw)
+    query = model.backbone.pooler.query_tokens
+    assert not torch.equal(query, hf.pooler.query_tokens)
+    model.setup("test")  # rebuilding a trained model for test/predict fetches nothing
+    assert not torch.equal(query, hf.pooler.query_tokens)
+    model.setup("fit")
+    torch.testing.assert_close(query, hf.pooler.query_tokens)
+    torch.testing.assert_close(
+        model.backbone.blocks[0].mlp.fc1.weight, hf.vjepa2.encoder.layer[0].mlp.fc1.weight
+    )
+
+
+def test_fetch_state_dict_errors_name_the_source(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from audio_cls.nn.weights import PretrainedWeightsError, fetch_state_dict
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network here
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(PretrainedWeightsError, match=r"audio-cls-test/no-such-repo.*local folder"):
+        fetch_state_dict("audio-cls-test/no-such-repo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PretrainedWeightsError, match=r"no \.safetensors file"):
+        fetch_state_dict(str(tmp_path / "empty"))
+    bad = tmp_path / "bad" / "model.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(PretrainedWeightsError, match=r"model\.safetensors: unreadable"):
+        fetch_state_dict(str(bad.parent))

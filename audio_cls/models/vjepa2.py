@@ -2,8 +2,8 @@
 
 Paper: Assran et al., "V-JEPA 2" (2025). The spectrogram is cut into time chunks (tubelets) of
 ``chunk_frames`` frames, embedded, encoded by transformers' ``VJEPA2Layer`` blocks and pooled by
-``VJEPA2AttentivePooler``. Published V-JEPA2 pooler (and matching encoder) weights load through
-``audio_cls.nn.tubelet_vit.load_vjepa2_state``.
+``VJEPA2AttentivePooler``. Published V-JEPA2 pooler (and matching encoder) weights load by hub
+name or local path with ``pretrained`` (through ``audio_cls.nn.tubelet_vit.load_vjepa2_state``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, Literal
 from audio_cls.models.base import AudioClassifier
 from audio_cls.models.mamba import SSM_FRONTEND
 from audio_cls.models.registry import register_model
-from audio_cls.nn.tubelet_vit import TubeletViTEncoder
+from audio_cls.nn.tubelet_vit import TubeletViTEncoder, load_vjepa2_state
+from audio_cls.nn.weights import fetch_state_dict
 
 __all__ = ["VJEPA2Classifier"]
 
@@ -39,6 +40,11 @@ class VJEPA2Classifier(AudioClassifier):
         pooler_layers: Self-attention layers inside the attentive pooler.
         remainder: Leftover frames after the last whole chunk: ``pad`` into one more, or ``crop``.
         drop_path: Stochastic depth rate.
+        pretrained: V-JEPA2 weights to start from when fitting: a hub name
+            (``facebook/vjepa2-vitl-fpc64-256``) or a local folder/file of ``.safetensors``.
+            The attentive pooler always loads (``d_model``, ``num_heads`` and ``pooler_layers``
+            must match the checkpoint); the patch embedding never does (video, not mel).
+        pretrained_encoder: Also load the transformer blocks (``depth`` must match too).
         **kwargs: Front end, augmentation, loss and optimiser settings of ``AudioClassifier``.
     """
 
@@ -55,6 +61,8 @@ class VJEPA2Classifier(AudioClassifier):
         pooler_layers: int = 1,
         remainder: Literal["pad", "crop"] = "pad",
         drop_path: float = 0.0,
+        pretrained: str | None = None,
+        pretrained_encoder: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
@@ -72,3 +80,18 @@ class VJEPA2Classifier(AudioClassifier):
             drop_path=drop_path,
         )
         self.build_head()
+        self._pretrained_loaded = False
+
+    def load_pretrained(self) -> list[str]:
+        """Load the ``pretrained`` V-JEPA2 weights; returns our parameter names that loaded."""
+        state = fetch_state_dict(self.hparams.pretrained)
+        loaded = load_vjepa2_state(self.backbone, state, encoder=self.hparams.pretrained_encoder)
+        self._pretrained_loaded = True
+        return loaded
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # At fit setup, so a resumed run's checkpoint (restored after setup) wins, and
+        # rebuilding a trained model for test/predict/classify never fetches anything.
+        if stage == "fit" and self.hparams.pretrained and not self._pretrained_loaded:
+            self.load_pretrained()

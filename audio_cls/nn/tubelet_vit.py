@@ -31,7 +31,13 @@ from torch import nn
 from transformers import VJEPA2Config
 from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler, VJEPA2Layer
 
-__all__ = ["TubeletViTEncoder", "load_vjepa2_pooler_state", "load_vjepa2_state"]
+from audio_cls.nn.weights import PretrainedWeightsError
+
+__all__ = [
+    "TubeletViTEncoder",
+    "load_vjepa2_pooler_state",
+    "load_vjepa2_state",
+]
 
 
 def _sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -246,8 +252,8 @@ def load_vjepa2_state(
         Our parameter names that were loaded.
 
     Raises:
-        ValueError: Keys are missing from the checkpoint or shapes differ; the message lists
-            them and the settings that would match.
+        PretrainedWeightsError: Keys are missing from the checkpoint or shapes differ; the
+            message lists them and the settings that would match.
     """
     sd = {
         (k if k.startswith(("vjepa2.", "pooler.")) else "vjepa2." + k): v
@@ -268,7 +274,7 @@ def load_vjepa2_state(
     if missing or mismatched or extra:
         query = sd.get("pooler.query_tokens")
         width = None if query is None else query.shape[-1]
-        raise ValueError(
+        raise PretrainedWeightsError(
             "V-JEPA2 checkpoint does not fit this TubeletViTEncoder "
             f"(checkpoint: width {width}, {n_pool} pooler self-attention layers; ours: width "
             f"{module.embed_dim}, {len(module.pooler.self_attention_layers)} pooler layers, "

@@ -169,6 +169,9 @@ def _dispatch(argv: list[str]) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     # Lightning 2.6 on torch 2.11 warns about its own use of a deprecated pytree class
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    # Every verb hands LightningCLI its arguments explicitly (cv builds one per fold), so its
+    # "args and sys.argv both given" caution does not apply.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     if not argv or argv[0] in ("-h", "--help"):
         _print_help()
         return

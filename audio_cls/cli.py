@@ -75,8 +75,15 @@ class AudioCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        trainer = self.config[self.subcommand].trainer if self.subcommand else self.config.trainer
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
         trainer.precision = resolve_precision(trainer.precision, trainer.accelerator)
+        if trainer.default_root_dir is None:
+            # Without a logger (--trainer.logger false) the run directory is the root dir,
+            # Lightning's default the cwd: keep checkpoints and reports under runs/ instead.
+            files = config.get("config") or []
+            name = Path(str(files[-1])).stem if files else "default"
+            trainer.default_root_dir = str(Path("runs") / name)
 
     def after_fit(self) -> None:
         trainer = self.trainer

@@ -113,6 +113,26 @@ def test_fast_dev_run_every_config(config, data_roots, tmp_path, monkeypatch):
     )  # no reports in cwd
 
 
+def test_run_without_logger_keeps_its_outputs_under_runs(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quickstart = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+    no_logger = ["--trainer.max_epochs=1", "--trainer.logger=false", "--data.window_sec=0.5"]
+    main(
+        [
+            "fit",
+            "--config",
+            quickstart,
+            f"--data.root={synthetic_root}",
+            *TINY_SOURCE,
+            *FAST,
+            *no_logger,
+        ]
+    )
+    run = tmp_path / "runs" / "quickstart"
+    assert (run / "metrics_test.json").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing else in the cwd
+
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from audio_cls.nn.heads import SequencePool
 from audio_cls.nn.liquid_s4 import LiquidS4Encoder, LiquidS4Layer, input_correlation
 from audio_cls.nn.mamba import (
     MambaEncoder,
@@ -17,6 +18,7 @@ from audio_cls.nn.mamba import (
     kernels_available,
     mamba_mixer_ref,
 )
+from audio_cls.nn.stem import frame_stem
 from audio_cls.nn.tubelet_vit import (
     TubeletViTEncoder,
     load_vjepa2_pooler_state,
@@ -30,7 +32,19 @@ ENCODERS = {
     "mamba_bi_attn": lambda: MambaEncoder(
         F_MELS, d_model=16, n_layers=1, d_state=4, bidirectional=True, pooling="attention"
     ),
+    "mamba_conv_meanmax": lambda: MambaEncoder(
+        F_MELS, d_model=16, n_layers=1, d_state=4, stem="conv", pooling="meanmax"
+    ),
     "liquid_polyb": lambda: LiquidS4Encoder(F_MELS, d_model=16, n_layers=2, d_state=8),
+    "liquid_conv_attn": lambda: LiquidS4Encoder(
+        F_MELS,
+        d_model=16,
+        n_layers=1,
+        d_state=8,
+        stem="conv",
+        stem_channels=(4,),
+        pooling="attention",
+    ),
     "liquid_kb_bi": lambda: LiquidS4Encoder(
         F_MELS,
         d_model=16,
@@ -43,6 +57,9 @@ ENCODERS = {
     "vit": lambda: TubeletViTEncoder(F_MELS, chunk_frames=4, d_model=24, depth=2, num_heads=2),
     "vit_bands_sincos": lambda: TubeletViTEncoder(
         F_MELS, chunk_frames=3, mel_patch=8, d_model=18, depth=1, num_heads=2, pos_embed="sincos"
+    ),
+    "vit_conv_stem": lambda: TubeletViTEncoder(
+        F_MELS, chunk_frames=4, d_model=24, depth=1, num_heads=2, stem="conv", stem_dim=12
     ),
     "vit_bands_learned": lambda: TubeletViTEncoder(
         F_MELS,
@@ -87,6 +104,53 @@ def test_eval_is_deterministic(encoder):
     x = torch.randn(2, F_MELS, 15)
     with torch.no_grad():
         assert torch.equal(encoder(x), encoder(x))
+
+
+# ---------------------------------------------------------------- stems and pooling
+
+
+def test_conv_stem_keeps_frame_rate_and_is_equivariant_to_time_shift():
+    torch.manual_seed(0)
+    stem = frame_stem("conv", F_MELS, 8, channels=(4, 6)).eval()
+    x = torch.randn(2, F_MELS, 20)
+    y = stem(x)
+    assert y.shape == (2, 20, 8)
+    # 3x3 convolutions with time stride 1: shifting the input by 3 frames shifts the
+    # output by 3 frames wherever the 5-frame receptive field misses the borders and the wrap
+    shifted = stem(torch.roll(x, 3, dims=-1))
+    assert torch.allclose(shifted[:, 5:18], y[:, 2:15], atol=1e-5)
+
+
+def test_linear_stem_is_a_per_frame_linear_map():
+    stem = frame_stem("linear", F_MELS, 8)
+    x = torch.randn(2, F_MELS, 5)
+    assert torch.allclose(stem(x), x.transpose(1, 2) @ stem.weight.T + stem.bias)
+
+
+def test_stem_settings_errors_name_the_field():
+    with pytest.raises(ValueError, match="n_mels=20 must be divisible by 2\\*\\*3"):
+        frame_stem("conv", 20, 8, channels=(4, 4, 4))
+    with pytest.raises(ValueError, match="stem must be 'linear' or 'conv'"):
+        frame_stem("patch", F_MELS, 8)
+
+
+def test_vit_conv_stem_tokens_and_settings():
+    vit = TubeletViTEncoder(
+        F_MELS, chunk_frames=4, d_model=24, num_heads=2, stem="conv", stem_dim=12
+    )
+    assert vit.tokenize(torch.randn(2, F_MELS, 13)).shape == (2, 4, 1, 12 * 4)
+    with pytest.raises(ValueError, match="mel_patch needs stem='linear'"):
+        TubeletViTEncoder(F_MELS, mel_patch=4, d_model=24, num_heads=2, stem="conv")
+
+
+def test_sequence_pool_kinds():
+    x = torch.randn(2, 7, 4)
+    assert torch.allclose(SequencePool(4, "mean")(x), x.mean(1))
+    assert torch.allclose(SequencePool(4, "meanmax")(x), x.mean(1) + x.amax(1))
+    # a zero query weighs every frame alike: attention pooling starts as the mean
+    assert torch.allclose(SequencePool(4, "attention")(x), x.mean(1), atol=1e-6)
+    with pytest.raises(ValueError, match="pooling must be"):
+        SequencePool(4, "median")
 
 
 # ---------------------------------------------------------------- Mamba

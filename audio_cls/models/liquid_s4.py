@@ -13,7 +13,9 @@ from typing import Any, Literal
 from audio_cls.models.base import AudioClassifier
 from audio_cls.models.mamba import SSM_FRONTEND
 from audio_cls.models.registry import register_model
+from audio_cls.nn.heads import SequencePooling
 from audio_cls.nn.liquid_s4 import LiquidS4Encoder
+from audio_cls.nn.stem import StemKind
 
 __all__ = ["LiquidS4Classifier"]
 
@@ -34,6 +36,10 @@ class LiquidS4Classifier(AudioClassifier):
         dropout: Dropout after each layer.
         bidirectional: Add an anti-causal pass per layer.
         ssm_lr: Learning rate of A, B and dt (None: the model's learning rate).
+        pooling: ``mean``, ``meanmax`` (mean + max) or learned-query ``attention`` over frames.
+        stem: ``linear`` per-frame projection, or a ``conv`` stem over (mel, time) first
+            (:mod:`audio_cls.nn.stem`).
+        stem_channels: Channels of the conv stem's stages (default ``[16, 32]``).
         **kwargs: Front end, augmentation, loss and optimiser settings of ``AudioClassifier``.
     """
 
@@ -48,6 +54,9 @@ class LiquidS4Classifier(AudioClassifier):
         dropout: float = 0.1,
         bidirectional: bool = False,
         ssm_lr: float | None = 1e-3,
+        pooling: SequencePooling = "mean",
+        stem: StemKind = "linear",
+        stem_channels: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
@@ -61,5 +70,8 @@ class LiquidS4Classifier(AudioClassifier):
             dropout=dropout,
             bidirectional=bidirectional,
             ssm_lr=ssm_lr,
+            pooling=pooling,
+            stem=stem,
+            stem_channels=stem_channels or (16, 32),
         )
         self.build_head()

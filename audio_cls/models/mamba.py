@@ -9,11 +9,13 @@ run, elsewhere the same math in PyTorch, with identical parameter names (see
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from audio_cls.models.base import AudioClassifier
 from audio_cls.models.registry import register_model
+from audio_cls.nn.heads import SequencePooling
 from audio_cls.nn.mamba import MambaEncoder
+from audio_cls.nn.stem import StemKind
 
 __all__ = ["MambaClassifier"]
 
@@ -38,10 +40,13 @@ class MambaClassifier(AudioClassifier):
         d_conv: Causal convolution width inside each block.
         expand: Inner width factor of each block.
         bidirectional: Add a time-reversed pass to every block.
-        pooling: ``mean`` over frames, or learned-query ``attention``.
+        pooling: ``mean``, ``meanmax`` (mean + max) or learned-query ``attention`` over frames.
         dropout: Dropout in the residual stream.
         use_kernels: Force the CUDA kernels (True), the PyTorch path (False) or choose by
             device and availability (None).
+        stem: ``linear`` per-frame projection, or a ``conv`` stem over (mel, time) first
+            (:mod:`audio_cls.nn.stem`).
+        stem_channels: Channels of the conv stem's stages (default ``[16, 32]``).
         **kwargs: Front end, augmentation, loss and optimiser settings of ``AudioClassifier``.
     """
 
@@ -54,9 +59,11 @@ class MambaClassifier(AudioClassifier):
         d_conv: int = 4,
         expand: int = 2,
         bidirectional: bool = False,
-        pooling: Literal["mean", "attention"] = "mean",
+        pooling: SequencePooling = "mean",
         dropout: float = 0.0,
         use_kernels: bool | None = None,
+        stem: StemKind = "linear",
+        stem_channels: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
@@ -71,5 +78,7 @@ class MambaClassifier(AudioClassifier):
             pooling=pooling,
             dropout=dropout,
             use_kernels=use_kernels,
+            stem=stem,
+            stem_channels=stem_channels or (16, 32),
         )
         self.build_head()

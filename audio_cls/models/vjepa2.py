@@ -13,6 +13,7 @@ from typing import Any, Literal
 from audio_cls.models.base import AudioClassifier
 from audio_cls.models.mamba import SSM_FRONTEND
 from audio_cls.models.registry import register_model
+from audio_cls.nn.stem import StemKind
 from audio_cls.nn.tubelet_vit import TubeletViTEncoder, load_vjepa2_state
 from audio_cls.nn.weights import fetch_state_dict
 
@@ -45,6 +46,10 @@ class VJEPA2Classifier(AudioClassifier):
             The attentive pooler always loads (``d_model``, ``num_heads`` and ``pooler_layers``
             must match the checkpoint); the patch embedding never does (video, not mel).
         pretrained_encoder: Also load the transformer blocks (``depth`` must match too).
+        stem: ``linear`` tokens from raw mel patches, or ``conv``: from the per-frame features
+            of a small conv stem (:mod:`audio_cls.nn.stem`; far better from scratch on small sets).
+        stem_channels: Channels of the conv stem's stages (default ``[16, 32]``).
+        stem_dim: Per-frame width of the conv stem's output.
         **kwargs: Front end, augmentation, loss and optimiser settings of ``AudioClassifier``.
     """
 
@@ -63,6 +68,9 @@ class VJEPA2Classifier(AudioClassifier):
         drop_path: float = 0.0,
         pretrained: str | None = None,
         pretrained_encoder: bool = False,
+        stem: StemKind = "linear",
+        stem_channels: list[int] | None = None,
+        stem_dim: int = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
@@ -78,6 +86,9 @@ class VJEPA2Classifier(AudioClassifier):
             pooler_layers=pooler_layers,
             remainder=remainder,
             drop_path=drop_path,
+            stem=stem,
+            stem_channels=stem_channels or (16, 32),
+            stem_dim=stem_dim,
         )
         self.build_head()
         self._pretrained_loaded = False

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 from torch import nn
 
-__all__ = ["ClassifierHead", "TimeFreqPool"]
+__all__ = ["AttentionPool", "ClassifierHead", "SequencePool", "SequencePooling", "TimeFreqPool"]
 
 
 class TimeFreqPool(nn.Module):
@@ -35,3 +38,47 @@ class ClassifierHead(nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(embedding))
+
+
+class AttentionPool(nn.Module):
+    """One learned query attending over frames; starts as mean pooling (zero query).
+
+    Args:
+        dim: Feature size D.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(dim))
+        self.key = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B L D) -> (B D)``."""
+        scores = self.key(x) @ self.query / math.sqrt(x.shape[-1])  # (B L)
+        return torch.einsum("bl,bld->bd", scores.softmax(dim=-1), x)
+
+
+SequencePooling = Literal["mean", "meanmax", "attention"]
+
+
+class SequencePool(nn.Module):
+    """``(B L D) -> (B D)`` over frames: ``mean``, ``meanmax`` (mean + max, which keeps a short
+    event a plain mean dilutes, as :class:`TimeFreqPool` does for the CNN) or ``attention``.
+
+    Args:
+        dim: Feature size D.
+        kind: Pooling kind.
+    """
+
+    def __init__(self, dim: int, kind: SequencePooling = "mean") -> None:
+        super().__init__()
+        if kind not in ("mean", "meanmax", "attention"):
+            raise ValueError(f"pooling must be 'mean', 'meanmax' or 'attention', got {kind!r}")
+        self.kind = kind
+        self.attn = AttentionPool(dim) if kind == "attention" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn is not None:
+            return self.attn(x)
+        pooled = x.mean(dim=1)
+        return pooled + x.amax(dim=1) if self.kind == "meanmax" else pooled

@@ -26,11 +26,15 @@ from scratch; there are no public audio Liquid-S4 weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from audio_cls.nn.heads import SequencePool, SequencePooling
+from audio_cls.nn.stem import StemKind, frame_stem
 
 __all__ = ["LiquidS4Encoder", "LiquidS4Layer", "S4DKernel", "fft_conv", "input_correlation"]
 
@@ -223,7 +227,7 @@ class LiquidS4Layer(nn.Module):
 
 
 class LiquidS4Encoder(nn.Module):
-    """Log-mel frames -> residual pre-norm Liquid-S4 layers -> mean pooling.
+    """Log-mel frames -> residual pre-norm Liquid-S4 layers -> pooled embedding.
 
     Input ``(B F T)`` (F mel bins, T frames); output ``(B D)`` with ``D = embed_dim = d_model``.
 
@@ -237,6 +241,9 @@ class LiquidS4Encoder(nn.Module):
         dropout: Dropout inside each layer and on its residual branch.
         bidirectional: Each layer also reads the time-reversed sequence.
         ssm_lr: Learning-rate hint on dt, A, B (no weight decay either way).
+        pooling: ``mean``, ``meanmax`` or ``attention`` over frames (:class:`SequencePool`).
+        stem: ``linear`` per-frame projection or ``conv`` stem (:mod:`audio_cls.nn.stem`).
+        stem_channels: Channels of the conv stem's stages.
     """
 
     def __init__(
@@ -250,12 +257,15 @@ class LiquidS4Encoder(nn.Module):
         dropout: float = 0.1,
         bidirectional: bool = False,
         ssm_lr: float | None = 1e-3,
+        pooling: SequencePooling = "mean",
+        stem: StemKind = "linear",
+        stem_channels: Sequence[int] = (16, 32),
     ) -> None:
         super().__init__()
         if n_mels < 1 or d_model < 1 or n_layers < 1:
             raise ValueError("n_mels, d_model and n_layers must be >= 1")
         self.embed_dim = d_model
-        self.input_proj = nn.Linear(n_mels, d_model)
+        self.input_proj = frame_stem(stem, n_mels, d_model, stem_channels)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
         self.layers = nn.ModuleList(
             LiquidS4Layer(
@@ -265,10 +275,11 @@ class LiquidS4Encoder(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.norm_f = nn.LayerNorm(d_model)
+        self.pool = SequencePool(d_model, pooling)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B F T) -> (B T H)`` normalised frame features."""
-        h = self.input_proj(x.transpose(1, 2)).float()  # (B L H), fp32 residual stream
+        h = self.input_proj(x).float()  # (B L H), fp32 residual stream
         for norm, layer in zip(self.norms, self.layers):
             z = layer(norm(h).transpose(1, 2)).transpose(1, 2)  # (B H L) -> (B L H)
             h = h + self.dropout(z)
@@ -276,4 +287,4 @@ class LiquidS4Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B F T) -> (B H)``."""
-        return self.forward_features(x).mean(dim=1)
+        return self.pool(self.forward_features(x))

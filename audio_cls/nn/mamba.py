@@ -30,20 +30,22 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import math
+from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import MambaConfig
 
+from audio_cls.nn.heads import SequencePool, SequencePooling
+from audio_cls.nn.stem import StemKind, frame_stem
+
 if TYPE_CHECKING:
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
 __all__ = [
-    "AttentionPool",
     "MambaEncoder",
     "MambaLayer",
     "kernels_available",
@@ -196,25 +198,6 @@ def _mixer_kernel(mixer: MambaMixer, x: torch.Tensor) -> torch.Tensor:
     return mixer(x)
 
 
-class AttentionPool(nn.Module):
-    """One learned query attending over frames; starts as mean pooling (zero query).
-
-    Args:
-        dim: Feature size D.
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.query = nn.Parameter(torch.zeros(dim))
-        self.key = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B L D) -> (B D)``."""
-        scores = self.key(x) @ self.query / math.sqrt(x.shape[-1])  # (B L)
-        weights = scores.softmax(dim=-1)
-        return torch.einsum("bl,bld->bd", weights, x)
-
-
 class MambaLayer(nn.Module):
     """Residual pre-norm Mamba block; optionally a second mixer on the reversed sequence.
 
@@ -272,8 +255,10 @@ class MambaEncoder(nn.Module):
         d_conv: Width of the causal depthwise convolution.
         expand: Inner width E = expand * D.
         bidirectional: Each block also runs a mixer on the time-reversed sequence.
-        pooling: ``mean`` over frames, or ``attention`` (one learned query).
+        pooling: ``mean``, ``meanmax`` or ``attention`` over frames (:class:`SequencePool`).
         dropout: Dropout after the input projection and on each block's output.
+        stem: ``linear`` per-frame projection or ``conv`` stem (:mod:`audio_cls.nn.stem`).
+        stem_channels: Channels of the conv stem's stages.
         use_kernels: ``None`` = the ``mamba-ssm`` kernels for CUDA input when transformers
             bound them, the PyTorch reference otherwise; ``True`` = always the kernels (error
             if unusable); ``False`` = always the reference. May be changed after construction.
@@ -288,13 +273,13 @@ class MambaEncoder(nn.Module):
         d_conv: int = 4,
         expand: int = 2,
         bidirectional: bool = False,
-        pooling: Literal["mean", "attention"] = "mean",
+        pooling: SequencePooling = "mean",
         dropout: float = 0.0,
         use_kernels: bool | None = None,
+        stem: StemKind = "linear",
+        stem_channels: Sequence[int] = (16, 32),
     ) -> None:
         super().__init__()
-        if pooling not in ("mean", "attention"):
-            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
         for name, value in (
             ("n_mels", n_mels),
             ("d_model", d_model),
@@ -315,13 +300,13 @@ class MambaEncoder(nn.Module):
         )
         self.embed_dim = d_model
         self.use_kernels = use_kernels
-        self.input_proj = nn.Linear(n_mels, d_model)
+        self.input_proj = frame_stem(stem, n_mels, d_model, stem_channels)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             MambaLayer(config, i, bidirectional, dropout) for i in range(n_layers)
         )
         self.norm_f = _modeling_mamba().MambaRMSNorm(d_model, eps=config.layer_norm_epsilon)
-        self.pool = AttentionPool(d_model) if pooling == "attention" else None
+        self.pool = SequencePool(d_model, pooling)
 
     def _resolve_use_kernels(self, x: torch.Tensor) -> bool:
         if self.use_kernels is None:
@@ -339,12 +324,11 @@ class MambaEncoder(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B F T) -> (B T D)`` normalised frame features."""
         use_kernels = self._resolve_use_kernels(x)
-        h = self.dropout(self.input_proj(x.transpose(1, 2)).float())  # (B T D) fp32 residual
+        h = self.dropout(self.input_proj(x).float())  # (B T D) fp32 residual
         for layer in self.layers:
             h = layer(h, use_kernels)
         return self.norm_f(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B F T) -> (B D)``."""
-        h = self.forward_features(x)  # (B T D)
-        return h.mean(dim=1) if self.pool is None else self.pool(h)
+        return self.pool(self.forward_features(x))

@@ -12,6 +12,10 @@ Frames left over after the last whole chunk are zero-padded into one more chunk
 (``remainder="pad"``: 155 frames / 8 -> 20 tokens per band) or dropped (``"crop"``: 19,
 the earlier project's [155, 128] -> [19, 128, 8] layout). The rotary embedding sees
 (time chunk, mel band) as the (frame, height) axes of V-JEPA2's grid, so any length works.
+With ``stem="conv"`` the chunks are cut from the per-frame features of a small convolutional
+stem (:class:`audio_cls.nn.stem.ConvStem`) instead of raw mel bins: early convolutions make
+ViTs far more sample-efficient (Xiao et al., "Early Convolutions Help Transformers See Better",
+2021), which counts on datasets of a few hundred clips.
 
 Weights: V-JEPA2 checkpoints (Meta, Hugging Face hub ``facebook/vjepa2-*``, MIT licence) are
 video models; :func:`load_vjepa2_state` copies their attentive pooler (and, for a matching
@@ -22,7 +26,7 @@ width/depth, their transformer blocks) by the public key names of
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -31,6 +35,7 @@ from torch import nn
 from transformers import VJEPA2Config
 from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler, VJEPA2Layer
 
+from audio_cls.nn.stem import ConvStem, StemKind
 from audio_cls.nn.weights import PretrainedWeightsError
 
 __all__ = [
@@ -69,6 +74,10 @@ class TubeletViTEncoder(nn.Module):
             ``none``, ``sincos`` (fixed, time and mel halves) or ``learned``.
         remainder: ``pad`` the last partial chunk with zeros, or ``crop`` it.
         drop_path: Stochastic-depth rate of the last block (linear from 0).
+        stem: ``linear``: tokens are linear maps of raw mel patches; ``conv``: of the
+            ``stem_dim`` per-frame features of a conv stem (``mel_patch`` must then be None).
+        stem_channels: Channels of the conv stem's stages.
+        stem_dim: Per-frame feature size the conv stem hands to the tubelet embedding.
     """
 
     def __init__(
@@ -86,10 +95,21 @@ class TubeletViTEncoder(nn.Module):
         pos_embed: Literal["none", "sincos", "learned"] = "none",
         remainder: Literal["pad", "crop"] = "pad",
         drop_path: float = 0.0,
+        stem: StemKind = "linear",
+        stem_channels: Sequence[int] = (16, 32),
+        stem_dim: int = 64,
     ) -> None:
         super().__init__()
-        mel_patch = n_mels if mel_patch is None else mel_patch
-        if chunk_frames < 1 or mel_patch < 1 or n_mels % mel_patch:
+        if stem not in ("linear", "conv"):
+            raise ValueError(f"stem must be 'linear' or 'conv', got {stem!r}")
+        if stem == "conv" and mel_patch is not None:
+            raise ValueError(
+                "mel_patch needs stem='linear': a conv stem's features have no mel bands"
+            )
+        self.stem = ConvStem(n_mels, stem_dim, stem_channels) if stem == "conv" else None
+        rows = n_mels if self.stem is None else stem_dim  # what each chunk's columns hold
+        mel_patch = rows if mel_patch is None else mel_patch
+        if chunk_frames < 1 or mel_patch < 1 or rows % mel_patch:
             raise ValueError(
                 f"need chunk_frames >= 1 and mel_patch dividing n_mels={n_mels}, "
                 f"got chunk_frames={chunk_frames}, mel_patch={mel_patch}"
@@ -103,7 +123,7 @@ class TubeletViTEncoder(nn.Module):
         self.n_mels = n_mels
         self.chunk_frames = chunk_frames
         self.mel_patch = mel_patch
-        self.n_bands = n_mels // mel_patch
+        self.n_bands = rows // mel_patch
         self.remainder = remainder
         self.pos_embed_kind = pos_embed
         self.embed_dim = d_model
@@ -166,11 +186,13 @@ class TubeletViTEncoder(nn.Module):
 
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
         """``(B F T) -> (B n_chunks n_bands mel_patch*chunk_frames)`` patches, time-major."""
-        B, n_freq, T = x.shape
-        if n_freq != self.n_mels:
+        if x.shape[1] != self.n_mels:
             raise ValueError(
                 f"expected {self.n_mels} mel bins, got input of shape {tuple(x.shape)}"
             )
+        if self.stem is not None:
+            x = self.stem(x).transpose(1, 2)  # (B stem_dim T)
+        B, _, T = x.shape
         n_t, c = self.num_chunks(T), self.chunk_frames
         x = F.pad(x, (0, n_t * c - T)) if n_t * c > T else x[..., : n_t * c]  # (B F n_t*c)
         x = x.reshape(B, self.n_bands, self.mel_patch, n_t, c)

@@ -15,7 +15,7 @@ from audio_cls.models.mamba import SSM_FRONTEND
 from audio_cls.models.registry import register_model
 from audio_cls.nn.heads import SequencePooling
 from audio_cls.nn.liquid_s4 import LiquidS4Encoder
-from audio_cls.nn.stem import StemKind
+from audio_cls.nn.stem import STEM_CHANNELS, StemKind
 
 __all__ = ["LiquidS4Classifier"]
 
@@ -72,6 +72,6 @@ class LiquidS4Classifier(AudioClassifier):
             ssm_lr=ssm_lr,
             pooling=pooling,
             stem=stem,
-            stem_channels=stem_channels or (16, 32),
+            stem_channels=stem_channels or STEM_CHANNELS,
         )
         self.build_head()

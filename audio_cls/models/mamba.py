@@ -15,7 +15,7 @@ from audio_cls.models.base import AudioClassifier
 from audio_cls.models.registry import register_model
 from audio_cls.nn.heads import SequencePooling
 from audio_cls.nn.mamba import MambaEncoder
-from audio_cls.nn.stem import StemKind
+from audio_cls.nn.stem import STEM_CHANNELS, StemKind
 
 __all__ = ["MambaClassifier"]
 
@@ -79,6 +79,6 @@ class MambaClassifier(AudioClassifier):
             dropout=dropout,
             use_kernels=use_kernels,
             stem=stem,
-            stem_channels=stem_channels or (16, 32),
+            stem_channels=stem_channels or STEM_CHANNELS,
         )
         self.build_head()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from audio_cls.models.base import AudioClassifier
 from audio_cls.models.mamba import SSM_FRONTEND
 from audio_cls.models.registry import register_model
-from audio_cls.nn.stem import StemKind
+from audio_cls.nn.stem import STEM_CHANNELS, StemKind
 from audio_cls.nn.tubelet_vit import TubeletViTEncoder, load_vjepa2_state
 from audio_cls.nn.weights import fetch_state_dict
 
@@ -87,7 +87,7 @@ class VJEPA2Classifier(AudioClassifier):
             remainder=remainder,
             drop_path=drop_path,
             stem=stem,
-            stem_channels=stem_channels or (16, 32),
+            stem_channels=stem_channels or STEM_CHANNELS,
             stem_dim=stem_dim,
         )
         self.build_head()

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audio_cls.nn.heads import SequencePool, SequencePooling
-from audio_cls.nn.stem import StemKind, frame_stem
+from audio_cls.nn.stem import STEM_CHANNELS, StemKind, frame_stem
 
 __all__ = ["LiquidS4Encoder", "LiquidS4Layer", "S4DKernel", "fft_conv", "input_correlation"]
 
@@ -259,7 +259,7 @@ class LiquidS4Encoder(nn.Module):
         ssm_lr: float | None = 1e-3,
         pooling: SequencePooling = "mean",
         stem: StemKind = "linear",
-        stem_channels: Sequence[int] = (16, 32),
+        stem_channels: Sequence[int] = STEM_CHANNELS,
     ) -> None:
         super().__init__()
         if n_mels < 1 or d_model < 1 or n_layers < 1:

@@ -40,7 +40,7 @@ from torch import nn
 from transformers import MambaConfig
 
 from audio_cls.nn.heads import SequencePool, SequencePooling
-from audio_cls.nn.stem import StemKind, frame_stem
+from audio_cls.nn.stem import STEM_CHANNELS, StemKind, frame_stem
 
 if TYPE_CHECKING:
     from transformers.models.mamba.modeling_mamba import MambaMixer
@@ -277,7 +277,7 @@ class MambaEncoder(nn.Module):
         dropout: float = 0.0,
         use_kernels: bool | None = None,
         stem: StemKind = "linear",
-        stem_channels: Sequence[int] = (16, 32),
+        stem_channels: Sequence[int] = STEM_CHANNELS,
     ) -> None:
         super().__init__()
         for name, value in (

@@ -15,9 +15,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["ConvStem", "LinearStem", "StemKind", "frame_stem"]
+__all__ = ["STEM_CHANNELS", "ConvStem", "LinearStem", "StemKind", "frame_stem"]
 
 StemKind = Literal["linear", "conv"]
+
+#: Conv stem stages used unless a config says otherwise: 128 mels -> 32 rows x 32 channels.
+STEM_CHANNELS = (16, 32)
 
 
 class LinearStem(nn.Linear):
@@ -36,7 +39,7 @@ class ConvStem(nn.Module):
         channels: Output channels of each stage.
     """
 
-    def __init__(self, n_mels: int, d_model: int, channels: Sequence[int] = (16, 32)) -> None:
+    def __init__(self, n_mels: int, d_model: int, channels: Sequence[int] = STEM_CHANNELS) -> None:
         super().__init__()
         if not channels or any(c < 1 for c in channels):
             raise ValueError(
@@ -64,7 +67,7 @@ class ConvStem(nn.Module):
 
 
 def frame_stem(
-    kind: StemKind, n_mels: int, d_model: int, channels: Sequence[int] = (16, 32)
+    kind: StemKind, n_mels: int, d_model: int, channels: Sequence[int] = STEM_CHANNELS
 ) -> nn.Module:
     """The ``kind`` stem (``linear`` or ``conv``) from ``n_mels`` bins to ``d_model``."""
     if kind == "linear":

@@ -35,7 +35,7 @@ from torch import nn
 from transformers import VJEPA2Config
 from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler, VJEPA2Layer
 
-from audio_cls.nn.stem import ConvStem, StemKind
+from audio_cls.nn.stem import STEM_CHANNELS, ConvStem, StemKind
 from audio_cls.nn.weights import PretrainedWeightsError
 
 __all__ = [
@@ -96,7 +96,7 @@ class TubeletViTEncoder(nn.Module):
         remainder: Literal["pad", "crop"] = "pad",
         drop_path: float = 0.0,
         stem: StemKind = "linear",
-        stem_channels: Sequence[int] = (16, 32),
+        stem_channels: Sequence[int] = STEM_CHANNELS,
         stem_dim: int = 64,
     ) -> None:
         super().__init__()

@@ -352,3 +352,25 @@ def test_class_folders_warns_on_empty_class(tmp_path, write_tone, caplog):
         m = ClassFolders(num_folds=3).manifest(tmp_path)
     assert m.class_names == ["a", "b"]
     assert "class skipped" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("source", "header", "row", "match"),
+    [
+        ("esc50", ESC_HEADER, ["a.wav", "x", 0, "dog", True, "1", "A"],
+         r"esc50\.csv, line 2: fold 'x' and target '0' must be integers"),
+        ("esc50", ESC_HEADER, ["a.wav", 0, 0, "dog", True, "1", "A"],
+         r"esc50\.csv, line 2: fold must be >= 1, got 0"),
+        ("us8k", US_HEADER, ["a.wav", 1, 0.0, 0.5, 1, 1, "two", "dog"],
+         r"UrbanSound8K\.csv, line 2: fold '1' and classID 'two' must be integers"),
+    ],
+)  # fmt: skip
+def test_fold_metadata_bad_rows_name_line_and_column(tmp_path, source, header, row, match):
+    if source == "esc50":
+        _write_csv(tmp_path / "meta" / "esc50.csv", header, [row])
+        with pytest.raises(ManifestError, match=match):
+            ESC50().manifest(tmp_path)
+    else:
+        _write_csv(tmp_path / "metadata" / "UrbanSound8K.csv", header, [row])
+        with pytest.raises(ManifestError, match=match):
+            UrbanSound8K().manifest(tmp_path)

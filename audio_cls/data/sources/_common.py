@@ -79,6 +79,33 @@ def contiguous_labels(
     return {t: i for i, t in enumerate(order)}, [names[t] for t in order]
 
 
+def parse_fold_rows(
+    rows: Sequence[tuple[int, dict[str, str]]],
+    csv_path: Path,
+    columns: tuple[str, str, str, str],
+) -> tuple[list[tuple[str, int, int, str]], dict[int, int], list[str]]:
+    """A fold-based metadata CSV's rows -> ``(file, fold, target, name)`` tuples, the target id
+    -> 0..C-1 map and the class names; ``columns`` names the file, fold, target and name columns.
+    """
+    file_col, fold_col, target_col, name_col = columns
+    parsed = []
+    for line, r in rows:
+        try:
+            fold, target = int(r[fold_col]), int(r[target_col])
+        except ValueError:
+            raise ManifestError(
+                f"{csv_path}, line {line}: {fold_col} '{r[fold_col]}' and {target_col} "
+                f"'{r[target_col]}' must be integers"
+            ) from None
+        if fold < 1:
+            raise ManifestError(f"{csv_path}, line {line}: fold must be >= 1, got {fold}")
+        parsed.append((r[file_col], fold, target, r[name_col]))
+    if not parsed:
+        raise ManifestError(f"{csv_path}: no clips listed")
+    index, names = contiguous_labels(((t, c) for _, _, t, c in parsed), csv_path)
+    return parsed, index, names
+
+
 def split_folds(num_folds: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """Train on folds 1..K-2, validate on K-1, test on K."""
     return tuple(range(1, num_folds - 1)), (num_folds - 1,), (num_folds,)

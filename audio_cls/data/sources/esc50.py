@@ -14,9 +14,9 @@ from typing import Literal
 
 from audio_cls.data.sources._common import (
     ArchiveSource,
-    contiguous_labels,
     existing_names,
     missing_files_error,
+    parse_fold_rows,
     read_csv,
 )
 from audio_cls.data.sources.base import Clip, Manifest, ManifestError
@@ -56,21 +56,9 @@ class ESC50(ArchiveSource):
             rows = [(n, r) for n, r in rows if r["esc10"].lower() in ("true", "1", "yes")]
             if not rows:
                 raise ManifestError(f"{csv_path}: no row has esc10 set to True")
-        parsed = []
-        for line, r in rows:
-            try:
-                fold, target = int(r["fold"]), int(r["target"])
-            except ValueError:
-                raise ManifestError(
-                    f"{csv_path}, line {line}: fold '{r['fold']}' and target '{r['target']}' "
-                    "must be integers"
-                ) from None
-            if fold < 1:
-                raise ManifestError(f"{csv_path}, line {line}: fold must be >= 1, got {fold}")
-            parsed.append((r["filename"], fold, target, r["category"]))
-        if not parsed:
-            raise ManifestError(f"{csv_path}: no clips listed")
-        index, names = contiguous_labels(((t, c) for _, _, t, c in parsed), csv_path)
+        parsed, index, names = parse_fold_rows(
+            rows, csv_path, ("filename", "fold", "target", "category")
+        )
         audio = root / "audio"
         present = existing_names(audio)
         missing = [audio / f for f, *_ in parsed if f not in present]

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from audio_cls.data.sources._common import (
     ArchiveSource,
-    contiguous_labels,
     existing_names,
     missing_files_error,
+    parse_fold_rows,
     read_csv,
 )
-from audio_cls.data.sources.base import Clip, Manifest, ManifestError
+from audio_cls.data.sources.base import Clip, Manifest
 
 __all__ = ["UrbanSound8K"]
 
@@ -45,21 +45,9 @@ class UrbanSound8K(ArchiveSource):
         root = Path(root)
         csv_path = self.csv_path(root)
         rows = read_csv(csv_path, ("slice_file_name", "fold", "classID", "class"))
-        parsed = []
-        for line, r in rows:
-            try:
-                fold, target = int(r["fold"]), int(r["classID"])
-            except ValueError:
-                raise ManifestError(
-                    f"{csv_path}, line {line}: fold '{r['fold']}' and classID '{r['classID']}' "
-                    "must be integers"
-                ) from None
-            if fold < 1:
-                raise ManifestError(f"{csv_path}, line {line}: fold must be >= 1, got {fold}")
-            parsed.append((r["slice_file_name"], fold, target, r["class"]))
-        if not parsed:
-            raise ManifestError(f"{csv_path}: no clips listed")
-        index, names = contiguous_labels(((t, c) for _, _, t, c in parsed), csv_path)
+        parsed, index, names = parse_fold_rows(
+            rows, csv_path, ("slice_file_name", "fold", "classID", "class")
+        )
         audio = root / "audio"
         present = {fold: existing_names(audio / f"fold{fold}") for fold in {p[1] for p in parsed}}
         missing = [audio / f"fold{fold}" / f for f, fold, *_ in parsed if f not in present[fold]]

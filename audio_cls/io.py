@@ -5,15 +5,23 @@ containers that libsndfile cannot read (MP4, M4A, WebM, MKV, MOV, AAC, WMA...) g
 ``ffmpeg`` subprocess. Every failure raises ``AudioLoadError`` naming the file, the reason and
 what to do about it, so a bad file in a dataset of thousands is found in one run.
 
+``load_audio`` decodes a whole file; ``iter_audio`` yields the same waveform block by block in
+bounded memory, for recordings too long to hold at once.
+
 This module imports nothing from the rest of the project.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import stat
+import struct
 import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +32,10 @@ __all__ = [
     "FFMPEG_EXTENSIONS",
     "SOUNDFILE_EXTENSIONS",
     "AudioLoadError",
+    "AudioTruncatedWarning",
+    "audio_duration",
     "audio_info",
+    "iter_audio",
     "load_audio",
 ]
 
@@ -47,6 +58,7 @@ _FFMPEG_HELP = (
     "install ffmpeg (`apt-get install ffmpeg` or `conda install -c conda-forge ffmpeg`) "
     "so that it is on PATH, or convert the file to WAV/FLAC first"
 )
+_NO_SAMPLES = "holds no audio samples (0 frames); remove it from the dataset"
 
 
 class AudioLoadError(ValueError):
@@ -64,6 +76,10 @@ class AudioLoadError(ValueError):
 
     def __reduce__(self):  # keep the two-argument form picklable (DataLoader workers)
         return type(self), (self.path, self.reason)
+
+
+class AudioTruncatedWarning(UserWarning):
+    """``iter_audio`` found fewer samples than the file's header promises (a cut-off copy)."""
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.ndarray:
@@ -99,15 +115,91 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.nd
             wav, rate = _decode_ffmpeg(path, sample_rate), sample_rate
 
     if wav.size == 0:
-        raise AudioLoadError(path, "holds no audio samples (0 frames); remove it from the dataset")
-    if not np.isfinite(wav).all():
-        bad = int(np.size(wav) - np.count_nonzero(np.isfinite(wav)))
-        raise AudioLoadError(
-            path, f"holds {bad} NaN/Inf sample(s); the file is damaged, re-export or remove it"
-        )
+        raise AudioLoadError(path, _NO_SAMPLES)
+    _check_finite(path, wav)
     if sample_rate is not None and rate is not None and rate != sample_rate:
         wav = _resample(wav, rate, sample_rate)
     return wav
+
+
+def iter_audio(
+    path: str | os.PathLike, sample_rate: int | None = None, block_sec: float = 30.0
+) -> Iterator[np.ndarray]:
+    """Decode a file block by block, in memory bounded by a few blocks whatever its length.
+
+    The blocks are what ``load_audio(path, sample_rate)`` returns, cut into consecutive pieces:
+    their concatenation equals it exactly when no resampling is needed, and to within float32
+    rounding (below 1e-6) when it is, or for MP3, whose decoder rounds by read size. Soundfile
+    formats are read ``block_sec`` at a time and resampled chunk by chunk with the same filter
+    as ``load_audio``; ffmpeg formats stream ffmpeg's output, which ffmpeg resamples itself.
+
+    Problems the header shows (missing, empty, not audio, corrupt header, 0 frames, ffmpeg
+    missing) raise from this call itself, before any block. Problems in the data raise when the
+    iteration reaches them, after the blocks before them were yielded: non-finite samples
+    (the message gives the time of the first one), decoder errors, ffmpeg failures. A file cut
+    short (its header promises more frames than it holds) yields what it holds and then warns
+    with ``AudioTruncatedWarning``, naming how many seconds are missing.
+
+    Args:
+        path: Audio file, or a video whose first audio track is wanted.
+        sample_rate: Target rate in Hz; None keeps the file's own rate.
+        block_sec: Length of each block in seconds of output. The last block is shorter; when
+            resampling, blocks are a whole number of filter periods (``orig // gcd(orig, new)``
+            input samples, 10 ms for 44.1 kHz -> 16 kHz), at least one.
+
+    Yields:
+        1-D float32 arrays of shape ``(time,)``, mono, at ``sample_rate``.
+
+    Raises:
+        AudioLoadError: As ``load_audio``; see above for when.
+        ValueError: ``sample_rate`` or ``block_sec`` is not positive.
+    """
+    path = Path(path)
+    if sample_rate is not None and sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if not (block_sec > 0 and math.isfinite(block_sec)):
+        raise ValueError(f"block_sec must be positive, got {block_sec}")
+    ext = _check_file(path)
+    if ext not in FFMPEG_EXTENSIONS:
+        try:
+            info = _soundfile_info(path)
+        except AudioLoadError:
+            # as in load_audio: libsndfile builds without Opus exist, ffmpeg reads it
+            if ext != ".opus" or shutil.which("ffmpeg") is None:
+                raise
+        else:
+            if info.frames == 0:
+                raise AudioLoadError(path, _NO_SAMPLES)
+            return _iter_soundfile(path, info, sample_rate, block_sec)
+    cmd, rate = _ffmpeg_command(path, sample_rate)
+    return _iter_ffmpeg(path, cmd, rate, block_sec)
+
+
+def audio_duration(path: str | os.PathLike) -> float | None:
+    """Length of a file in seconds, from its header, without decoding it.
+
+    Args:
+        path: Audio file, or a video whose first audio track is wanted.
+
+    Returns:
+        Seconds; None when only ffprobe could tell (a format that needs ffmpeg) and ffprobe is
+        not installed, or when ffprobe reports no duration.
+
+    Raises:
+        AudioLoadError: As ``load_audio`` for files that cannot be audio or whose header is
+            corrupt.
+    """
+    path = Path(path)
+    ext = _check_file(path)
+    if ext not in FFMPEG_EXTENSIONS:
+        try:
+            info = _soundfile_info(path)
+        except AudioLoadError:
+            if ext != ".opus" or shutil.which("ffprobe") is None:
+                raise
+        else:
+            return info.frames / info.samplerate
+    return _probe_duration(path)
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
@@ -122,10 +214,7 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
         raise AudioLoadError(
             path, f"audio_info reads soundfile formats only; '{ext}' needs ffmpeg/ffprobe"
         )
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioLoadError(path, _soundfile_reason(path, e)) from None
+    info = _soundfile_info(path)
     return int(info.samplerate), int(info.frames), int(info.channels)
 
 
@@ -156,9 +245,33 @@ def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioLoadError(path, _soundfile_reason(path, e)) from None
-    # (time, channels) -> (time,); a single channel needs a contiguous copy, not a mean
-    wav = data[:, 0].copy() if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return wav, int(rate)
+    return _downmix(data), int(rate)
+
+
+def _soundfile_info(path: Path):
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioLoadError(path, _soundfile_reason(path, e)) from None
+
+
+def _downmix(data: np.ndarray) -> np.ndarray:
+    """(time, channels) -> (time,); a single channel needs a contiguous copy, not a mean."""
+    return data[:, 0].copy() if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+
+
+def _check_finite(path: Path, wav: np.ndarray, rate: int | None = None, offset: int = 0) -> None:
+    """Refuse NaN/Inf; a whole file reports the count, a block (``rate`` given) the time."""
+    finite = np.isfinite(wav)
+    if finite.all():
+        return
+    if rate is None:
+        bad = int(np.size(wav) - np.count_nonzero(finite))
+        reason = f"holds {bad} NaN/Inf sample(s)"
+    else:
+        first = offset + int(np.argmin(finite))
+        reason = f"holds a NaN/Inf sample at {first / rate:.3f} s"
+    raise AudioLoadError(path, f"{reason}; the file is damaged, re-export or remove it")
 
 
 def _soundfile_reason(path: Path, err: Exception) -> str:
@@ -189,6 +302,19 @@ def _looks_like_text(path: Path) -> bool:
 
 
 def _decode_ffmpeg(path: Path, sample_rate: int | None) -> np.ndarray:
+    cmd, _ = _ffmpeg_command(path, sample_rate)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+    except OSError as e:
+        raise AudioLoadError(path, f"could not run {cmd[0]} ({e}); {_FFMPEG_HELP}") from None
+    if proc.returncode != 0:
+        raise _ffmpeg_failure(path, proc.returncode, proc.stderr)
+    n = len(proc.stdout) // 4 * 4  # a partial trailing sample would break frombuffer
+    return np.frombuffer(proc.stdout[:n], dtype="<f4").astype(np.float32)
+
+
+def _ffmpeg_command(path: Path, sample_rate: int | None) -> tuple[list[str], int]:
+    """The ffmpeg call that writes mono float32 at ``sample_rate`` (native when None)."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise AudioLoadError(path, f"decoding '{path.suffix.lower()}' needs ffmpeg; {_FFMPEG_HELP}")
@@ -210,18 +336,15 @@ def _decode_ffmpeg(path: Path, sample_rate: int | None) -> np.ndarray:
         "f32le",
         "-",
     ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, check=False)
-    except OSError as e:
-        raise AudioLoadError(path, f"could not run {ffmpeg} ({e}); {_FFMPEG_HELP}") from None
-    if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        reason = detail[-1] if detail else f"exit status {proc.returncode}"
-        raise AudioLoadError(
-            path, f"ffmpeg could not decode it ({reason}); the file is corrupt or has no audio"
-        )
-    n = len(proc.stdout) // 4 * 4  # a partial trailing sample would break frombuffer
-    return np.frombuffer(proc.stdout[:n], dtype="<f4").astype(np.float32)
+    return cmd, sample_rate
+
+
+def _ffmpeg_failure(path: Path, returncode: int, stderr: bytes) -> AudioLoadError:
+    detail = stderr.decode(errors="replace").strip().splitlines()
+    reason = detail[-1] if detail else f"exit status {returncode}"
+    return AudioLoadError(
+        path, f"ffmpeg could not decode it ({reason}); the file is corrupt or has no audio"
+    )
 
 
 def _probe_rate(path: Path) -> int:
@@ -258,3 +381,202 @@ def _resample(wav: np.ndarray, orig: int, new: int) -> np.ndarray:
     with torch.inference_mode():
         out = resample(torch.from_numpy(wav), orig, new)
     return out.numpy()
+
+
+def _probe_duration(path: Path) -> float | None:
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return None
+    cmd = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()
+        reason = detail[-1] if detail else f"exit status {proc.returncode}"
+        raise AudioLoadError(
+            path, f"ffprobe could not read it ({reason}); the file is corrupt or has no audio"
+        )
+    try:
+        return float(proc.stdout.strip().splitlines()[0])
+    except (IndexError, ValueError):  # "N/A": a stream without a known length
+        return None
+
+
+# ---- streaming
+
+
+def _block_frames(block_sec: float, rate: int) -> int:
+    # the epsilon keeps 0.1 s * 44100 Hz at 4410 frames despite float rounding
+    return max(1, math.floor(block_sec * rate + 1e-6))
+
+
+def _iter_soundfile(
+    path: Path, info, sample_rate: int | None, block_sec: float
+) -> Iterator[np.ndarray]:
+    rate = int(info.samplerate)
+    if sample_rate is None or sample_rate == rate:
+        yield from _read_soundfile(path, info, _block_frames(block_sec, rate))
+        return
+    g = math.gcd(rate, sample_rate)
+    period = rate // g
+    # whole periods, so that every chunk starts at the same filter phase as in load_audio
+    chunk = max(1, _block_frames(block_sec, rate) // period) * period
+    yield from _resample_stream(_read_soundfile(path, info, chunk), rate, sample_rate, chunk)
+
+
+def _read_soundfile(path: Path, info, block: int) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of ``block`` frames; warns at the end if the data fell short."""
+    rate = int(info.samplerate)
+    done = 0
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioLoadError(path, _soundfile_reason(path, e)) from None
+    with f:
+        while True:
+            try:
+                data = f.read(block, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                reason = _soundfile_reason(path, e)
+                stop = f"(decoding stopped at {done / rate:.3f} s)"
+                raise AudioLoadError(path, f"{reason} {stop}") from None
+            if len(data) == 0:
+                break
+            wav = _downmix(data)
+            _check_finite(path, wav, rate, done)
+            done += len(wav)
+            yield wav
+    if done == 0:
+        raise AudioLoadError(path, _NO_SAMPLES)
+    # libsndfile clips a WAV's frame count to the bytes present, so read the header ourselves
+    promised = max(int(info.frames), _wav_promised_frames(path) or 0)
+    if promised > done:
+        warnings.warn(
+            f"{path}: truncated, {(promised - done) / rate:.3f} s missing (the header promises "
+            f"{promised / rate:.3f} s, the data ends at {done / rate:.3f} s); re-download it",
+            AudioTruncatedWarning,
+            stacklevel=2,
+        )
+
+
+#: WAVE format tags whose data chunk holds whole frames of ``block_align`` bytes.
+_WAV_FRAME_TAGS = frozenset({0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE})
+
+
+def _wav_promised_frames(path: Path) -> int | None:
+    """Frames that a RIFF/WAVE header's data chunk promises; None when it cannot tell."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+                return None
+            align = 0
+            for _ in range(64):  # a real header has a handful of chunks before "data"
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                size = struct.unpack("<I", chunk[4:])[0]
+                if chunk[:4] == b"fmt ":
+                    fmt = f.read(size + size % 2)
+                    tag, _, _, _, align = struct.unpack("<HHIIH", fmt[:14])
+                    if tag not in _WAV_FRAME_TAGS:
+                        return None
+                elif chunk[:4] == b"data":
+                    # 0 and 0xFFFFFFFF are placeholders that recorders write while streaming
+                    if align == 0 or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // align
+                else:
+                    f.seek(size + size % 2, os.SEEK_CUR)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _resample_stream(
+    blocks: Iterable[np.ndarray], orig: int, new: int, chunk: int
+) -> Iterator[np.ndarray]:
+    """Resample a stream chunk by chunk so that the result matches one whole-file call.
+
+    ``torchaudio.functional.resample`` reduces the rates to ``p = orig // g`` and
+    ``q = new // g`` and maps every ``p`` input samples to ``q`` output samples with a filter
+    reaching ``width`` input samples either side, zero-padding both ends. A chunk that starts on
+    a multiple of ``p`` and carries at least ``width`` samples of real context either side (or
+    meets the file's end, where the padding is the same) therefore yields exactly the outputs
+    that the whole-file call gives for it: ``q`` per ``p`` input samples, from index
+    ``start / p * q``. ``chunk`` is a multiple of ``p``.
+    """
+    import torch
+    from torchaudio.transforms import Resample
+
+    g = math.gcd(orig, new)
+    p, q = orig // g, new // g
+    # the half-width torchaudio uses (lowpass_filter_width=6, rolloff=0.99), in whole periods,
+    # plus one period of margin
+    width = math.ceil(6 * p / (min(p, q) * 0.99))
+    ctx = (math.ceil(width / p) + 1) * p
+    # the kernel built once, in float32 like resample() builds it for a float32 waveform
+    resampler = Resample(orig, new, dtype=torch.float32)
+
+    buf = np.zeros(0, np.float32)
+    buf_start = 0  # input index of buf[0]
+    pos = 0  # first input sample whose output is not yet out; a multiple of p
+
+    def run(end: int, hi: int, last: bool) -> np.ndarray:
+        lo = max(0, pos - ctx)
+        with torch.inference_mode():
+            out = resampler(torch.from_numpy(buf[lo - buf_start : hi - buf_start])).numpy()
+        # at the file's end keep the tail too: torchaudio's length is ceil(n * q / p)
+        return out[(pos - lo) // p * q : None if last else (end - lo) // p * q]
+
+    for block in blocks:
+        buf = np.concatenate([buf, block])
+        while buf_start + len(buf) >= pos + chunk + ctx:
+            yield run(pos + chunk, pos + chunk + ctx, last=False)
+            pos += chunk
+            # drop what no later chunk needs as left context
+            drop = max(0, pos - ctx) - buf_start
+            buf, buf_start = buf[drop:], buf_start + drop
+    n = buf_start + len(buf)
+    while pos < n:
+        end = min(pos + chunk, n)
+        out = run(end, min(end + ctx, n), last=end == n)
+        pos = end
+        if out.size:
+            yield out
+
+
+def _iter_ffmpeg(path: Path, cmd: list[str], rate: int, block_sec: float) -> Iterator[np.ndarray]:
+    nbytes = 4 * _block_frames(block_sec, rate)
+    done = 0
+    # stderr to a file: a pipe nobody reads while stdout is consumed could fill and stall ffmpeg
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        except OSError as e:
+            raise AudioLoadError(path, f"could not run {cmd[0]} ({e}); {_FFMPEG_HELP}") from None
+        try:
+            while True:
+                raw = proc.stdout.read(nbytes)
+                at_end = len(raw) < nbytes
+                if at_end:
+                    # check the exit status before the last block: a broken file yields nothing
+                    returncode = proc.wait()
+                    if returncode != 0:
+                        err.seek(0)
+                        raise _ffmpeg_failure(path, returncode, err.read())
+                n = len(raw) // 4 * 4  # a partial trailing sample would break frombuffer
+                wav = np.frombuffer(raw[:n], dtype="<f4").astype(np.float32)
+                if wav.size:
+                    _check_finite(path, wav, rate, done)
+                    done += wav.size
+                    yield wav
+                if at_end:
+                    break
+        finally:
+            # also reached when the caller stops early: do not leave ffmpeg running
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+    if done == 0:
+        raise AudioLoadError(path, _NO_SAMPLES)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from audio_cls.callbacks.aggregation import aggregate_clips
+from audio_cls.inference import aggregate_clips
 
 PROBS = torch.tensor([[0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.9, 0.1]])
 CLIPS = torch.tensor([0, 0, 0, 2])  # clip 1 has no windows

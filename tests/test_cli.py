@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_cls.cli import VERBS, main
+from audio_cls.cli import main
+from audio_cls.commands import VERBS
 from tests.conftest import TINY_SYNTHETIC
 
 CONFIGS = sorted((Path(__file__).parents[1] / "lightning_configs").glob("*.yaml"))
@@ -248,7 +249,7 @@ def test_missing_dataset_says_how_to_point_at_a_copy(tmp_path, monkeypatch):
 def test_bf16_falls_back_where_the_device_lacks_it(monkeypatch):
     import torch
 
-    from audio_cls.cli import resolve_precision
+    from audio_cls.commands.lightning import resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("bf16-mixed", "auto") == "32-true"
@@ -263,7 +264,7 @@ def test_bf16_falls_back_where_the_device_lacks_it(monkeypatch):
 def test_cross_validation_without_validation_folds(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     quickstart = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-    from audio_cls.cv import run_cv
+    from audio_cls.commands.cv import main as run_cv
 
     result = run_cv(
         [

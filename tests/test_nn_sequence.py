@@ -6,11 +6,13 @@ import copy
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from audio_cls.nn.heads import SequencePool
+from audio_cls.nn.heads import ClassifierHead, FeaturePool
 from audio_cls.nn.liquid_s4 import LiquidS4Encoder, LiquidS4Layer, input_correlation
 from audio_cls.nn.mamba import (
     MambaEncoder,
@@ -19,76 +21,138 @@ from audio_cls.nn.mamba import (
     mamba_mixer_ref,
 )
 from audio_cls.nn.stem import frame_stem
-from audio_cls.nn.tubelet_vit import (
-    TubeletViTEncoder,
-    load_vjepa2_pooler_state,
-    load_vjepa2_state,
-)
+from audio_cls.nn.tubelet_vit import TubeletViTEncoder
 
 F_MELS = 16
 
+# name -> (encoder, the pooling its head uses); the ViTs pool with V-JEPA2's attentive pooler
 ENCODERS = {
-    "mamba": lambda: MambaEncoder(F_MELS, d_model=16, n_layers=2, d_state=4, use_kernels=False),
-    "mamba_bi_attn": lambda: MambaEncoder(
-        F_MELS, d_model=16, n_layers=1, d_state=4, bidirectional=True, pooling="attention"
+    "mamba": (
+        lambda: MambaEncoder(F_MELS, d_model=16, n_layers=2, d_state=4, use_kernels=False),
+        "mean",
     ),
-    "mamba_conv_meanmax": lambda: MambaEncoder(
-        F_MELS, d_model=16, n_layers=1, d_state=4, stem="conv", pooling="meanmax"
+    "mamba_bi_attn": (
+        lambda: MambaEncoder(F_MELS, d_model=16, n_layers=1, d_state=4, bidirectional=True),
+        "attention",
     ),
-    "liquid_polyb": lambda: LiquidS4Encoder(F_MELS, d_model=16, n_layers=2, d_state=8),
-    "liquid_conv_attn": lambda: LiquidS4Encoder(
-        F_MELS,
-        d_model=16,
-        n_layers=1,
-        d_state=8,
-        stem="conv",
-        stem_channels=(4,),
-        pooling="attention",
+    "mamba_conv_meanmax": (
+        lambda: MambaEncoder(F_MELS, d_model=16, n_layers=1, d_state=4, stem="conv"),
+        "meanmax",
     ),
-    "liquid_kb_bi": lambda: LiquidS4Encoder(
-        F_MELS,
-        d_model=16,
-        n_layers=1,
-        d_state=8,
-        liquid_kind="kb",
-        liquid_order=3,
-        bidirectional=True,
+    "liquid_polyb": (lambda: LiquidS4Encoder(F_MELS, d_model=16, n_layers=2, d_state=8), "mean"),
+    "liquid_conv_attn": (
+        lambda: LiquidS4Encoder(
+            F_MELS, d_model=16, n_layers=1, d_state=8, stem="conv", stem_channels=(4,)
+        ),
+        "attention",
     ),
-    "vit": lambda: TubeletViTEncoder(F_MELS, chunk_frames=4, d_model=24, depth=2, num_heads=2),
-    "vit_bands_sincos": lambda: TubeletViTEncoder(
-        F_MELS, chunk_frames=3, mel_patch=8, d_model=18, depth=1, num_heads=2, pos_embed="sincos"
+    "liquid_kb_bi": (
+        lambda: LiquidS4Encoder(
+            F_MELS,
+            d_model=16,
+            n_layers=1,
+            d_state=8,
+            liquid_kind="kb",
+            liquid_order=3,
+            bidirectional=True,
+        ),
+        "mean",
     ),
-    "vit_conv_stem": lambda: TubeletViTEncoder(
-        F_MELS, chunk_frames=4, d_model=24, depth=1, num_heads=2, stem="conv", stem_dim=12
+    "vit": (
+        lambda: TubeletViTEncoder(F_MELS, chunk_frames=4, d_model=24, depth=2, num_heads=2),
+        "attentive",
     ),
-    "vit_bands_learned": lambda: TubeletViTEncoder(
-        F_MELS,
-        chunk_frames=4,
-        mel_patch=4,
-        d_model=24,
-        depth=1,
-        num_heads=2,
-        pos_embed="learned",
-        max_frames=16,
-        remainder="crop",
+    "vit_bands_sincos": (
+        lambda: TubeletViTEncoder(
+            F_MELS,
+            chunk_frames=3,
+            mel_patch=8,
+            d_model=18,
+            depth=1,
+            num_heads=2,
+            pos_embed="sincos",
+        ),
+        "attentive",
+    ),
+    "vit_conv_stem": (
+        lambda: TubeletViTEncoder(
+            F_MELS, chunk_frames=4, d_model=24, depth=1, num_heads=2, stem="conv", stem_dim=12
+        ),
+        "attentive",
+    ),
+    "vit_bands_learned": (
+        lambda: TubeletViTEncoder(
+            F_MELS,
+            chunk_frames=4,
+            mel_patch=4,
+            d_model=24,
+            depth=1,
+            num_heads=2,
+            pos_embed="learned",
+            max_frames=16,
+            remainder="crop",
+        ),
+        "attentive",
     ),
 }
 
 
+class Pooled(nn.Module):
+    """An encoder and the pooling a classifier head puts on it: ``(B F T) -> (B D)``."""
+
+    def __init__(self, encoder: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        heads = getattr(encoder, "num_heads", 1)  # the attentive pooler's default, as in models
+        self.pool = FeaturePool(encoder.num_features, pooling, encoder.layout, heads=heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.encoder(x))
+
+
 @pytest.fixture(params=sorted(ENCODERS))
-def encoder(request) -> torch.nn.Module:
+def encoder(request) -> Pooled:
     torch.manual_seed(0)
-    return ENCODERS[request.param]()
+    build, pooling = ENCODERS[request.param]
+    return Pooled(build(), pooling)
+
+
+def _sequence_length(encoder: nn.Module, frames: int) -> int:
+    """Frames for the SSMs (the stems keep the frame rate), tokens for the ViT."""
+    if isinstance(encoder, TubeletViTEncoder):
+        return encoder.num_chunks(frames) * encoder.n_bands
+    return frames
 
 
 # ---------------------------------------------------------------- every encoder
 
 
 def test_shape_for_two_lengths(encoder):
+    enc = encoder.encoder
+    assert enc.layout == "sequence"
     for T in (13, 22):  # 22 frames: longer than the learned ViT table (16) -> interpolated
-        y = encoder(torch.randn(2, F_MELS, T))
-        assert y.shape == (2, encoder.embed_dim)
+        x = torch.randn(2, F_MELS, T)
+        h = enc(x)  # unpooled
+        assert h.shape == (2, _sequence_length(enc, T), enc.num_features)
+        assert torch.isfinite(h).all()
+        y = encoder(x)
+        assert y.shape == (2, enc.num_features)
         assert torch.isfinite(y).all()
+
+
+def test_intermediates_end_with_the_forward_output(encoder):
+    enc = encoder.encoder.eval()
+    x = torch.randn(2, F_MELS, 13)
+    with torch.no_grad():
+        taps = enc.forward_intermediates(x)
+        y = enc(x)
+    assert list(taps)[-1] == "norm"
+    torch.testing.assert_close(taps["norm"], y, atol=0, rtol=0)
+    for name, tap in taps.items():
+        assert tap.shape == y.shape, name
+        assert torch.isfinite(tap).all(), name
+    blocks = enc.blocks if isinstance(enc, TubeletViTEncoder) else enc.layers
+    assert len(taps) == len(blocks) + 2  # embedding, one per block, final norm
 
 
 def test_backward_gives_finite_grads_for_all_params(encoder):
@@ -103,6 +167,7 @@ def test_eval_is_deterministic(encoder):
     encoder.eval()
     x = torch.randn(2, F_MELS, 15)
     with torch.no_grad():
+        assert torch.equal(encoder.encoder(x), encoder.encoder(x))
         assert torch.equal(encoder(x), encoder(x))
 
 
@@ -143,14 +208,57 @@ def test_vit_conv_stem_tokens_and_settings():
         TubeletViTEncoder(F_MELS, mel_patch=4, d_model=24, num_heads=2, stem="conv")
 
 
-def test_sequence_pool_kinds():
+def test_feature_pool_kinds():
     x = torch.randn(2, 7, 4)
-    assert torch.allclose(SequencePool(4, "mean")(x), x.mean(1))
-    assert torch.allclose(SequencePool(4, "meanmax")(x), x.mean(1) + x.amax(1))
+    assert torch.allclose(FeaturePool(4, "mean")(x), x.mean(1))
+    assert torch.allclose(FeaturePool(4, "max")(x), x.amax(1))
+    assert torch.allclose(FeaturePool(4, "meanmax")(x), x.mean(1) + x.amax(1))
     # a zero query weighs every frame alike: attention pooling starts as the mean
-    assert torch.allclose(SequencePool(4, "attention")(x), x.mean(1), atol=1e-6)
+    assert torch.allclose(FeaturePool(4, "attention")(x), x.mean(1), atol=1e-6)
+    # ... with one query slice per head, and the same parameters whatever the heads
+    two = FeaturePool(4, "attention", heads=2)
+    assert torch.allclose(two(x), x.mean(1), atol=1e-6)
+    shapes = {n: p.shape for n, p in FeaturePool(4, "attention").named_parameters()}
+    assert {n: p.shape for n, p in two.named_parameters()} == shapes
     with pytest.raises(ValueError, match="pooling must be"):
-        SequencePool(4, "median")
+        FeaturePool(4, "median")
+
+
+def test_attention_pool_heads_weigh_frames_independently():
+    torch.manual_seed(0)
+    pool = FeaturePool(4, "attention", heads=2)
+    with torch.no_grad():
+        pool.attn.query.copy_(torch.tensor([0.0, 0.0, 5.0, 5.0]))  # only head 1 looks
+    x = torch.randn(2, 7, 4)
+    y = pool(x)
+    torch.testing.assert_close(y[:, :2], x[:, :, :2].mean(1))  # head 0 is still the mean
+    assert (y[:, 2:] - x[:, :, 2:].mean(1)).abs().max() > 1e-3
+
+
+def test_attentive_pool_is_vjepa2s_pooler():
+    from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler
+
+    torch.manual_seed(0)
+    pool = FeaturePool(8, "attentive", heads=2, layers=2).eval()
+    pooler = pool.attentive.pooler
+    assert isinstance(pooler, VJEPA2AttentivePooler)
+    assert len(pooler.self_attention_layers) == 2
+    x = torch.randn(2, 7, 8)
+    with torch.no_grad():
+        y = pool(x)
+        torch.testing.assert_close(y, pooler(x))
+    assert y.shape == (2, 8)
+
+
+def test_classifier_head_pools_then_classifies():
+    torch.manual_seed(0)
+    head = ClassifierHead(4, 3, pooling="attention", dropout=0.5).eval()
+    x = torch.randn(2, 7, 4)
+    with torch.no_grad():
+        embedding = head(x, pre_logits=True)
+        torch.testing.assert_close(embedding, x.mean(1), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(head(x), head.fc(embedding))
+    assert head(x).shape == (2, 3)
 
 
 # ---------------------------------------------------------------- Mamba
@@ -220,7 +328,7 @@ def test_mamba_reference_gradients_equal_transformers_autograd_on_cpu():
 
 def test_mamba_reference_path_runs_on_cpu_and_kernels_refuse_cpu():
     enc = MambaEncoder(F_MELS, d_model=8, n_layers=1, d_state=4)  # auto
-    assert enc(torch.randn(1, F_MELS, 9)).shape == (1, 8)
+    assert enc(torch.randn(1, F_MELS, 9)).shape == (1, 9, 8)
     enc.use_kernels = True
     with pytest.raises(RuntimeError, match="CUDA"):
         enc(torch.randn(1, F_MELS, 9))
@@ -355,6 +463,21 @@ def test_vit_tokenize_keeps_patch_content():
     assert tok[0, 2, 0].reshape(4, 3)[:, 1:].abs().sum() == 0  # padding
 
 
+# ---------------------------------------------------------------- V-JEPA2 weights
+
+#: A tiny ``vjepa2`` model the public test checkpoint fits (width 24, depth 2, 2 heads).
+TINY_VJEPA2 = {
+    "d_model": 24,
+    "depth": 2,
+    "num_heads": 2,
+    "pooling": "attentive",
+    "pool_layers": 1,
+    "frontend": {"n_mels": F_MELS},
+}
+#: Our parts a V-JEPA2 classification checkpoint provides: blocks, final norm, pooler.
+VJEPA2_PARTS = ["backbone.blocks.", "backbone.norm.", "head.pool."]
+
+
 def _public_vjepa2_state(pooler_layers: int = 1):
     from transformers import VJEPA2Config
     from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2ForVideoClassification
@@ -377,49 +500,148 @@ def _public_vjepa2_state(pooler_layers: int = 1):
     return VJEPA2ForVideoClassification(cfg).eval()
 
 
-def test_vjepa2_public_keys_load_into_ours():
-    hf = _public_vjepa2_state()
-    sd = hf.state_dict()
+def _save_public(state: dict[str, torch.Tensor], folder: Path) -> Path:
+    """``state`` as ``folder/model.safetensors``, as the hub publishes it; returns the folder."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
+    return folder
+
+
+def _vjepa2(num_classes: int = 3, **options):
+    from audio_cls.models import create_model
+
     torch.manual_seed(0)
-    ours = TubeletViTEncoder(F_MELS, chunk_frames=4, d_model=24, depth=2, num_heads=2).eval()
-    loaded = load_vjepa2_state(ours, sd, encoder=True)
-    assert "pooler.query_tokens" in loaded and "blocks.1.mlp.fc2.weight" in loaded
-    torch.testing.assert_close(
-        ours.blocks[1].attention.query.weight, sd["vjepa2.encoder.layer.1.attention.query.weight"]
-    )
-    torch.testing.assert_close(ours.norm.bias, sd["vjepa2.encoder.layernorm.bias"])
+    return create_model("vjepa2", num_classes=num_classes, **{**TINY_VJEPA2, **options})
+
+
+def _assert_blocks_equal(model, state: dict[str, torch.Tensor], prefix: str) -> None:
+    """Every tensor of our blocks and final norm equals the published one (``prefix`` =
+    ``vjepa2.encoder.`` or ``encoder.``)."""
+    ours = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(VJEPA2_PARTS[:2]))}
+    theirs = {
+        k: v for k, v in state.items() if k.startswith((prefix + "layer.", prefix + "layernorm."))
+    }
+    assert len(ours) == len(theirs) > 0
+    for key, value in ours.items():
+        public = key.replace("backbone.blocks.", prefix + "layer.").replace(
+            "backbone.norm.", prefix + "layernorm."
+        )
+        torch.testing.assert_close(value, theirs[public], atol=0, rtol=0, msg=key)
+
+
+def _assert_pooler_equal(model, hf) -> None:
+    """Our attentive pooler holds the published tensors and computes what theirs does."""
+    pooler = model.head.pool.attentive.pooler
+    ours, theirs = pooler.state_dict(), hf.pooler.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
     h = torch.randn(2, 7, 24)
     with torch.no_grad():
-        torch.testing.assert_close(ours.pooler(h), hf.pooler(h))
-    # VJEPA2Model-style keys (no "vjepa2." prefix) and pooler-only loading
-    fresh = TubeletViTEncoder(F_MELS, chunk_frames=4, d_model=24, depth=2, num_heads=2)
-    model_keys = {k.removeprefix("vjepa2."): v for k, v in sd.items()}
-    assert all(k.startswith("pooler.") for k in load_vjepa2_pooler_state(fresh, model_keys))
+        torch.testing.assert_close(pooler(h), hf.pooler(h))
+        torch.testing.assert_close(model.head(h, pre_logits=True), hf.pooler(h))
 
 
-def test_vjepa2_mismatch_raises_clear_error():
+def test_vjepa2_public_keys_load_into_ours(tmp_path):
+    hf = _public_vjepa2_state()
+    sd = hf.state_dict()
+    folder = _save_public(sd, tmp_path / "cls")
+    ours = _vjepa2(pretrained_prefixes=VJEPA2_PARTS).eval()
+    patch_embed = ours.backbone.patch_embed.weight.detach().clone()
+    loaded = ours.load_pretrained(str(folder / "model.safetensors"))  # one file
+    assert "head.pool.attentive.pooler.query_tokens" in loaded
+    assert "backbone.blocks.1.mlp.fc2.weight" in loaded
+    assert set(loaded) == {k for k in ours.state_dict() if k.startswith(tuple(VJEPA2_PARTS))}
+    torch.testing.assert_close(
+        ours.backbone.blocks[1].attention.query.weight,
+        sd["vjepa2.encoder.layer.1.attention.query.weight"],
+    )
+    torch.testing.assert_close(ours.backbone.norm.bias, sd["vjepa2.encoder.layernorm.bias"])
+    _assert_blocks_equal(ours, sd, "vjepa2.encoder.")
+    _assert_pooler_equal(ours, hf)
+    # the RGB video patch embedding never transfers
+    assert torch.equal(ours.backbone.patch_embed.weight, patch_embed)
+    # create_model(pretrained=folder) loads at once, with the family's default (encoder) parts
+    model = _vjepa2(pretrained=str(folder))
+    _assert_blocks_equal(model, sd, "vjepa2.encoder.")
+
+
+def test_vjepa2_model_keys_and_pooler_only_loading(tmp_path):
+    hf = _public_vjepa2_state()
+    # VJEPA2Model-style keys: no "vjepa2." prefix
+    model_keys = {k.removeprefix("vjepa2."): v for k, v in hf.state_dict().items()}
+    folder = _save_public(model_keys, tmp_path / "model")
+    full = _vjepa2(pretrained=str(folder), pretrained_prefixes=VJEPA2_PARTS)
+    _assert_blocks_equal(full, model_keys, "encoder.")
+    _assert_pooler_equal(full, hf)
+    # pooler-only loading: the depth may differ from the checkpoint's
+    shallow = _vjepa2(depth=1, pretrained_prefixes=["head.pool"])
+    blocks = {k: v.clone() for k, v in shallow.backbone.state_dict().items()}
+    loaded = shallow.load_pretrained(str(folder))
+    assert all(k.startswith("head.pool.attentive.pooler.") for k in loaded)
+    assert len(loaded) == sum(k.startswith("pooler.") for k in model_keys)
+    _assert_pooler_equal(shallow, hf)
+    for key, value in shallow.backbone.state_dict().items():  # the backbone kept its own
+        assert torch.equal(value, blocks[key]), key
+
+
+def test_vjepa2_mismatch_raises_clear_error(tmp_path):
+    from audio_cls.nn.weights import PretrainedWeightsError
+
     sd = _public_vjepa2_state(pooler_layers=2).state_dict()
-    narrow = TubeletViTEncoder(F_MELS, d_model=16, depth=2, num_heads=2, pooler_layers=2)
-    with pytest.raises(ValueError, match=r"shape mismatch pooler\.query_tokens"):
-        load_vjepa2_pooler_state(narrow, sd)
-    shallow = TubeletViTEncoder(F_MELS, d_model=24, depth=2, num_heads=2, pooler_layers=1)
-    with pytest.raises(ValueError, match="pooler_layers=2"):
-        load_vjepa2_pooler_state(shallow, sd)
+    source = str(_save_public(sd, tmp_path / "cls"))
+    narrow = _vjepa2(d_model=16, pool_layers=2, pretrained_prefixes=["head.pool"])
+    before = {k: v.clone() for k, v in narrow.state_dict().items()}
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=r"mis-shaped:\n\s+head\.pool\.attentive\.pooler\.query_tokens: "
+        r"checkpoint \(1, 1, 24\) vs model \(1, 1, 16\)",
+    ):
+        narrow.load_pretrained(source)
+    for key, value in narrow.state_dict().items():  # nothing loads when anything misfits
+        assert torch.equal(value, before[key]), key
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=r"backbone\.blocks\.0\.attention\.query\.weight: "
+        r"checkpoint \(24, 24\) vs model \(16, 16\)",
+    ):
+        _vjepa2(d_model=16, pretrained=source)
+    # pooler self-attention layers: fewer or more than the checkpoint's
+    layer1 = sum(k.startswith("pooler.self_attention_layers.1.") for k in sd)
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=rf"0 missing, {layer1} unexpected, 0 mis-shaped(.|\n)*unexpected "
+        r"\(in the checkpoint, not in the model\):\n"
+        r"\s+head\.pool\.attentive\.pooler\.self_attention_layers\.1\.",
+    ):
+        _vjepa2(pool_layers=1, pretrained=source, pretrained_prefixes=["head.pool"])
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=rf"{layer1} missing, 0 unexpected, 0 mis-shaped(.|\n)*missing "
+        r"\(in the model, not in the checkpoint\):\n"
+        r"\s+head\.pool\.attentive\.pooler\.self_attention_layers\.2\.",
+    ):
+        _vjepa2(pool_layers=3, pretrained=source, pretrained_prefixes=["head.pool"])
+    # pooler keys land only in an attentive pooler
+    n_pooler = sum(k.startswith("pooler.") for k in sd)
+    with pytest.raises(
+        PretrainedWeightsError, match=rf"0 missing, {n_pooler} unexpected, 0 mis-shaped"
+    ):
+        _vjepa2(pooling="mean", pretrained=source, pretrained_prefixes=["head.pool"])
 
 
 def test_vjepa2_classifier_starts_from_pretrained_folder_at_fit_only(tmp_path):
-    from safetensors.torch import save_file
-
     from audio_cls.models import VJEPA2Classifier
 
     hf = _public_vjepa2_state()
-    save_file(
-        {k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "model.safetensors"
-    )
-    kw = {"num_classes": 3, "class_names": ["a", "b", "c"], "sample_rate": 16000, "n_mels": 16}
-    kw |= {"d_model": 24, "depth": 2, "num_heads": 2, "pretrained": str(tmp_path)}
-    model = VJEPA2Classifier(pretrained_encoder=True, **kw)
-    query = model.backbone.pooler.query_tokens
+    folder = _save_public(hf.state_dict(), tmp_path)
+    kw = {"num_classes": 3, "class_names": ["a", "b", "c"], "sample_rate": 16000}
+    kw |= {"frontend": {"n_mels": F_MELS}, "d_model": 24, "depth": 2, "num_heads": 2}
+    kw |= {"pretrained": str(folder), "pretrained_prefixes": VJEPA2_PARTS}
+    model = VJEPA2Classifier(**kw)
+    query = model.head.pool.attentive.pooler.query_tokens
     assert not torch.equal(query, hf.pooler.query_tokens)
     model.setup("test")  # rebuilding a trained model for test/predict fetches nothing
     assert not torch.equal(query, hf.pooler.query_tokens)
@@ -428,6 +650,16 @@ def test_vjepa2_classifier_starts_from_pretrained_folder_at_fit_only(tmp_path):
     torch.testing.assert_close(
         model.backbone.blocks[0].mlp.fc1.weight, hf.vjepa2.encoder.layer[0].mlp.fc1.weight
     )
+
+
+def test_vjepa2_classification_checkpoint_path_loads_pooler_and_classifier(tmp_path):
+    hf = _public_vjepa2_state()
+    source = str(_save_public(hf.state_dict(), tmp_path))
+    model = _vjepa2(pretrained=source).eval()
+    _assert_blocks_equal(model, hf.state_dict(), "vjepa2.encoder.")
+    _assert_pooler_equal(model, hf)
+    torch.testing.assert_close(model.head.fc.weight, hf.classifier.weight)
+    torch.testing.assert_close(model.head.fc.bias, hf.classifier.bias)
 
 
 def test_fetch_state_dict_errors_name_the_source(tmp_path, monkeypatch):

@@ -1,4 +1,7 @@
-"""Clip-level evaluation: segment probabilities -> one prediction per clip -> clip metrics.
+"""Clip-level evaluation: window probabilities -> one prediction per clip -> clip metrics.
+
+The arithmetic is the inference core's (:func:`audio_cls.inference.aggregate_clips`); this
+callback gathers a stage's window outputs and logs clip metrics.
 
 Under DDP the distributed sampler hands each rank a share of the windows (padding with
 repeats), so a clip's windows may sit on several ranks. Every rank's outputs are gathered,
@@ -7,65 +10,15 @@ de-duplicated by segment index, and aggregated identically on every rank.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
-__all__ = ["ClipAggregation", "ClipResults", "aggregate_clips"]
+from audio_cls.inference import AGGREGATIONS, Aggregation, ClipResults, aggregate_clips
 
-Method = Literal["mean", "logit_mean", "max", "vote"]
-
-
-def aggregate_clips(
-    probs: torch.Tensor, clip_index: torch.Tensor, num_clips: int, method: Method = "mean"
-) -> torch.Tensor:
-    """Clip probabilities ``(num_clips, C)`` from segment probabilities ``(N, C)``.
-
-    ``mean`` averages probabilities; ``logit_mean`` averages log-probabilities (a geometric
-    mean, renormalised); ``max`` takes each class's largest segment probability (renormalised);
-    ``vote`` counts segment argmaxes. Clips without segments get all-zero rows.
-    """
-    num_classes = probs.shape[1]
-    counts = torch.bincount(clip_index, minlength=num_clips).clamp_min(1).unsqueeze(1).to(probs)
-    index = clip_index.unsqueeze(1).expand_as(probs)
-    zeros = probs.new_zeros(num_clips, num_classes)
-    if method == "mean":
-        return zeros.scatter_add(0, index, probs) / counts
-    if method == "logit_mean":
-        mean_log = zeros.scatter_add(0, index, probs.clamp_min(1e-8).log()) / counts
-        out = mean_log.softmax(-1)
-    elif method == "max":
-        out = zeros.scatter_reduce(0, index, probs, reduce="amax", include_self=False)
-        out = out / out.sum(1, keepdim=True).clamp_min(1e-12)
-    elif method == "vote":
-        votes = torch.nn.functional.one_hot(probs.argmax(1), num_classes).to(probs)
-        out = zeros.scatter_add(0, index, votes) / counts
-    else:
-        raise ValueError(f"unknown clip aggregation {method!r}; use mean, logit_mean, max or vote")
-    has_segments = torch.bincount(clip_index, minlength=num_clips) > 0
-    return out * has_segments.unsqueeze(1)
-
-
-@dataclass
-class ClipResults:
-    """One stage's clip-level outcome, kept for the reports."""
-
-    clip_ids: list[str]
-    paths: list[str]
-    probs: torch.Tensor  # (num_clips, C)
-    targets: torch.Tensor  # (num_clips,), -1 where unlabelled
-    segment_probs: torch.Tensor  # (N, C), in segment order
-    segment_clip_index: torch.Tensor  # (N,)
-    segment_starts: torch.Tensor  # (N,) start sample
-    metrics: dict[str, float]
-
-    @property
-    def covered(self) -> torch.Tensor:
-        """``(num_clips,)`` mask of the clips that have at least one window."""
-        return torch.bincount(self.segment_clip_index, minlength=len(self.clip_ids)) > 0
+__all__ = ["ClipAggregation"]
 
 
 def _gather_rows(pl_module: L.LightningModule, tensor: torch.Tensor) -> torch.Tensor:
@@ -88,11 +41,9 @@ class ClipAggregation(L.Callback):
         method: ``mean`` of segment probabilities, ``logit_mean``, ``max`` or ``vote``.
     """
 
-    def __init__(self, method: Method = "mean") -> None:
-        if method not in ("mean", "logit_mean", "max", "vote"):
-            raise ValueError(
-                f"unknown clip aggregation {method!r}; use mean, logit_mean, max or vote"
-            )
+    def __init__(self, method: Aggregation = "mean") -> None:
+        if method not in AGGREGATIONS:
+            raise ValueError(f"unknown clip aggregation {method!r}; use {', '.join(AGGREGATIONS)}")
         self.method = method
         self._outputs: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.results: dict[str, ClipResults] = {}

@@ -70,17 +70,27 @@ def mixup(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup (Zhang et al., 2018) of a batch with a shuffled copy of itself.
 
+    Waveforms and targets are mixed with one lambda and one permutation, so row ``i`` of the
+    result is ``lam * row i + (1 - lam) * row perm[i]`` of both.
+
     Args:
         waveform: ``(B, T)``.
-        target: Hard ``(B,)`` or soft ``(B, C)`` targets.
-        num_classes: Class count for one-hot targets.
+        target: The batch's soft targets ``(B, C)`` when it has them (``batch["soft"]``), else
+            its hard labels ``(B,)``, which are mixed as one-hot rows.
+        num_classes: Class count C.
         alpha: Beta distribution parameter.
 
     Returns:
-        Mixed waveforms and soft targets ``(B, C)``.
+        Mixed waveforms and soft targets ``(B, C)``, float32.
     """
-    soft = target if target.ndim == 2 else torch.nn.functional.one_hot(target, num_classes).float()
+    if target.ndim == 2:
+        if target.shape[1] != num_classes:
+            raise ValueError(f"soft targets have {target.shape[1]} classes, not {num_classes}")
+        soft = target.float()
+    else:
+        soft = torch.nn.functional.one_hot(target, num_classes).float()
     lam = torch.distributions.Beta(alpha, alpha).sample().item()
-    lam = max(lam, 1 - lam)  # the first sample stays dominant, so its hard label stays meaningful
+    # the first sample stays dominant, so a hard label keeps its meaning for metrics
+    lam = max(lam, 1 - lam)
     perm = torch.randperm(len(waveform), device=waveform.device)
     return lam * waveform + (1 - lam) * waveform[perm], lam * soft + (1 - lam) * soft[perm]

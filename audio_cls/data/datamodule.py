@@ -1,8 +1,10 @@
 """``AudioDataModule``: folds -> train/val/test windows, the label map, and the loaders.
 
 It delivers waveforms only (``{waveform (B, T), target (B,), clip_index (B,), segment_index (B,)}``
-plus ``soft (B, C)`` under mixup), so every model family shares one pipeline; features are the
-model's business.
+plus ``soft (B, C)``), so every model family shares one pipeline; features are the model's
+business. ``soft`` holds float32 probability targets: in every batch of a split where some clip
+has a soft target (``Clip.soft``; the other clips' rows are one-hot of their label), and in
+training batches under mixup. ``target`` stays the hard label (the argmax for soft-only clips).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from audio_cls.data.augment import WaveformAugment, mixup
 from audio_cls.data.cache import WaveformCache, default_cache_dir
 from audio_cls.data.segments import ShortClipPolicy, fit_length, loud_windows, window_starts
-from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError
+from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError, soft_targets
 
 __all__ = ["AudioDataModule", "SegmentSet"]
 
@@ -103,12 +105,18 @@ class _WindowDataset(Dataset):
             for j in range(len(batch)):
                 batch[j] = self.augment(batch[j])
         labels = [self.segments.clips[c].label for c in rows[:, 0]]
-        return {
+        out = {
             "waveform": batch,
             "target": torch.tensor(labels, dtype=torch.long),
             "clip_index": torch.from_numpy(rows[:, 0].copy()),
             "segment_index": torch.as_tensor(indices, dtype=torch.long),
         }
+        # the split's soft targets, built on the first batch of each loader process
+        if "_soft_table" not in self.__dict__:
+            self._soft_table = soft_targets(self.segments.clips)
+        if self._soft_table is not None:
+            out["soft"] = torch.from_numpy(self._soft_table[rows[:, 0]])
+        return out
 
 
 def collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -372,8 +380,10 @@ class AudioDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         trainer = self.trainer
         if self.mixup_alpha > 0 and trainer is not None and trainer.training:
+            # mix the clips' soft targets when the data has them, one-hot labels otherwise
+            target = batch["soft"] if "soft" in batch else batch["target"]
             batch["waveform"], batch["soft"] = mixup(
-                batch["waveform"], batch["target"], self.num_classes, self.mixup_alpha
+                batch["waveform"], target, self.num_classes, self.mixup_alpha
             )
         return batch
 

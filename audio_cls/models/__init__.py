@@ -8,7 +8,14 @@ from audio_cls.models.base import AudioClassifier, CheckpointMismatchError, load
 from audio_cls.models.liquid_s4 import LiquidS4Classifier
 from audio_cls.models.mamba import MambaClassifier
 from audio_cls.models.mel_cnn import MelCNN
-from audio_cls.models.registry import create_model, get_model_entry, list_models, register_model
+from audio_cls.models.registry import (
+    PretrainedConfig,
+    create_model,
+    get_model_entry,
+    list_models,
+    list_pretrained,
+    register_model,
+)
 from audio_cls.models.vjepa2 import VJEPA2Classifier
 
 __all__ = [
@@ -17,10 +24,12 @@ __all__ = [
     "LiquidS4Classifier",
     "MambaClassifier",
     "MelCNN",
+    "PretrainedConfig",
     "VJEPA2Classifier",
     "create_model",
     "get_model_entry",
     "list_models",
+    "list_pretrained",
     "load_classifier",
     "register_model",
 ]

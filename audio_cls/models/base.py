@@ -1,22 +1,35 @@
 """``AudioClassifier``: the LightningModule every architecture family subclasses.
 
-It owns what all families share: the log-mel front end (fp32, on the model's device), feature
-normalisation, SpecAugment, the loss (cross-entropy with label smoothing, soft targets), segment
-metrics per stage, optimiser parameter groups and the schedule, and the checkpoint contract
-(front-end and segment settings saved, and checked against the data on load).
+A model is three components, each from ``audio_cls.nn``: a front end (waveform -> features,
+its settings saved with the checkpoint and compared on load), a backbone (features ->
+unpooled features) and a head (pooling + classifier). The base class owns what all families
+share: the loss (cross-entropy with label smoothing, soft targets), segment metrics per stage,
+optimiser parameter groups and the schedule, pretrained weights, and the checkpoint contract.
 
-A family subclasses it with a typed ``__init__`` that builds ``self.backbone`` (features
-``(B, F, T)`` -> embedding ``(B, D)``, with an ``embed_dim`` attribute) and calls
-``self.build_head()``. Extra base settings pass through ``**kwargs``, so
-``audio-cls fit --model.help <Family>`` lists every option.
+A family is a thin subclass that names its parts::
+
+    @register_model("mamba", tiny={"d_model": 16})
+    class MambaClassifier(AudioClassifier):
+        backbone_cls = MambaEncoder
+        default_frontend = LogMelSettings(n_mels=128, n_fft=1024, win_ms=64.0, hop_ms=32.0)
+        default_pooling = "mean"
+
+Its ``__init__`` signature is composed once, when the class is created, from the base options,
+the front-end settings type and the backbone's own signature (everything after its first
+parameter, the input channels). So every hyper-parameter is written once, where it is used,
+and ``audio-cls fit --model.help MambaClassifier`` still documents every option. A family that
+needs options of its own defines ``__init__(self, num_classes, <its options>, **kwargs)`` and
+passes ``**kwargs`` on to ``super().__init__``; they join the composed signature.
 """
 
 from __future__ import annotations
 
-import importlib
+import inspect
+import logging
 import math
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -30,21 +43,36 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from audio_cls.nn.frontend import FRONTEND_KEYS, LogMel, frontend_settings_mismatch
-from audio_cls.nn.heads import ClassifierHead
+from audio_cls.inference import TimeShiftTTA, window_probs
+from audio_cls.nn.frontends import (
+    FrontendSettings,
+    LogMelSettings,
+    frontend_from_dict,
+    settings_mismatch,
+)
+from audio_cls.nn.heads import ClassifierHead, Pooling
 from audio_cls.nn.optim import param_groups
-from audio_cls.nn.specaugment import SpecAugment
 
-__all__ = ["AudioClassifier", "CheckpointMismatchError", "load_classifier"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "AudioClassifier",
+    "CheckpointMismatchError",
+    "load_classifier",
+]
+
+log = logging.getLogger(__name__)
 
 #: Key of the audio-cls section inside a Lightning checkpoint.
 CKPT_KEY = "audio_cls"
+#: Layout of that section and of the state dict; 1 was the contract before front ends and heads
+#: became components (``model_class`` path, pooling inside backbones).
+CHECKPOINT_FORMAT = 2
 #: Stages with labels and segment metrics.
 STAGES = ("train", "val", "test")
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint's front end, classes or segment settings do not fit the current data."""
+    """A checkpoint's front end, classes or format do not fit the current set-up."""
 
 
 def segment_metrics(num_classes: int) -> MetricCollection:
@@ -66,115 +94,190 @@ class AudioClassifier(L.LightningModule):
     Args:
         num_classes: Output classes (linked from the data module by the CLI).
         class_names: Names of the classes, saved with the checkpoint for prediction.
-        sample_rate: Waveform rate the front end expects (linked from the data module).
-        n_mels: Mel bins of the front end.
-        n_fft: FFT size of the front end.
-        win_ms: Front-end window in milliseconds.
-        hop_ms: Front-end hop in milliseconds.
-        f_min: Lowest mel frequency.
-        f_max: Highest mel frequency (None: Nyquist).
-        freq_mask: SpecAugment's widest frequency mask in bins (0: off).
-        time_mask: SpecAugment's widest time mask in frames (0: off).
-        label_smoothing: Cross-entropy label smoothing.
+        sample_rate: Waveform rate the data delivers (linked from the data module).
+        frontend: Front-end settings; unset fields keep the family's defaults.
+        pooling: How the head pools the backbone's features: ``mean``, ``max``, ``meanmax``,
+            ``attention`` (learned queries) or ``attentive`` (V-JEPA2's pooler).
+        pool_heads: Heads of attention pooling (None: the backbone's attention heads, or 1).
+        pool_layers: Self-attention layers of attentive pooling.
         head_dropout: Dropout before the classifier layer.
-        lr: Peak learning rate of the head (and of the backbone unless ``backbone_lr`` is set).
-        backbone_lr: Learning rate of front-end normalisation and backbone (None: ``lr``).
+        label_smoothing: Cross-entropy label smoothing.
+        lr: Peak learning rate of the head (and of the rest unless ``backbone_lr`` is set).
+        backbone_lr: Learning rate of front end and backbone (None: ``lr``).
         weight_decay: AdamW decay; never applied to norms, biases and SSM parameters.
         warmup_epochs: Linear warm-up length before the cosine decay.
         schedule: ``cosine`` (warm-up then cosine to zero over the run) or ``constant``.
+        pretrained: Published weights to start from when fitting: a tag of this family
+            (``audio-cls models --pretrained``), a local file or folder, a hub name or a URL.
+        pretrained_prefixes: Load only our parameters under these prefixes (e.g.
+            ``[head.pool]`` for V-JEPA2's attentive pooler alone); None: all the weights cover.
     """
 
-    registry_name: str = ""
+    registry_name: ClassVar[str] = ""
+    #: The backbone: ``backbone_cls(in_channels, **options)``, returning unpooled features and
+    #: exposing ``num_features`` and ``layout`` (:data:`audio_cls.nn.heads.FeatureLayout`).
+    backbone_cls: ClassVar[type[nn.Module] | None] = None
+    #: The front end a family was designed for; a config overrides single fields.
+    default_frontend: ClassVar[FrontendSettings] = LogMelSettings()
+    default_pooling: ClassVar[Pooling] = "mean"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.backbone_cls is not None:
+            _compose_init(cls)
 
     def __init__(
         self,
         num_classes: int,
         class_names: list[str] | None = None,
-        sample_rate: int = 16000,
-        n_mels: int = 64,
-        n_fft: int = 512,
-        win_ms: float = 25.0,
-        hop_ms: float = 10.0,
-        f_min: float = 20.0,
-        f_max: float | None = None,
-        freq_mask: int = 8,
-        time_mask: int = 16,
-        label_smoothing: float = 0.1,
+        sample_rate: int | None = None,
+        frontend: FrontendSettings | dict[str, Any] | None = None,
+        pooling: Pooling | None = None,
+        pool_heads: int | None = None,
+        pool_layers: int = 1,
         head_dropout: float = 0.2,
+        label_smoothing: float = 0.1,
         lr: float = 1e-3,
         backbone_lr: float | None = None,
         weight_decay: float = 1e-2,
         warmup_epochs: float = 1.0,
         schedule: Literal["cosine", "constant"] = "cosine",
+        pretrained: str | None = None,
+        pretrained_prefixes: list[str] | None = None,
+        **backbone_options: Any,
     ) -> None:
         super().__init__()
+        cls = type(self)
+        if cls.backbone_cls is None:
+            raise TypeError(
+                f"{cls.__name__} names no backbone_cls; build a registered family "
+                f"(audio-cls models lists them)"
+            )
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
                 f"class_names has {len(class_names)} names but num_classes is {num_classes}"
             )
+        settings = self._frontend_settings(frontend)
+        # saved as plain values: checkpoints are read with weights_only=True
+        frontend = settings.to_dict()
+        pooling = pooling or cls.default_pooling
         self.save_hyperparameters()
         self.num_classes = num_classes
         self.class_names = (
             list(class_names) if class_names else [str(i) for i in range(num_classes)]
         )
-        self.frontend = LogMel(sample_rate, n_mels, n_fft, win_ms, hop_ms, f_min, f_max)
-        self.feature_norm = nn.BatchNorm1d(n_mels)  # learned per-mel-bin scaling of log energies
-        self.spec_augment = SpecAugment(freq_mask, time_mask)
-        self.backbone: nn.Module
-        self.head: nn.Module
+        self.frontend = settings.build(settings.resolve_rate(sample_rate))
+        try:
+            self.backbone = cls.backbone_cls(self.frontend.output.channels, **backbone_options)
+        except TypeError as err:  # an option the backbone does not take
+            raise ValueError(f"{cls.__name__}: {err}") from None
+        self.head = ClassifierHead(
+            self.backbone.num_features,
+            num_classes,
+            pooling,
+            self.backbone.layout,
+            head_dropout,
+            pool_heads or getattr(self.backbone, "num_heads", 1),
+            pool_layers,
+        )
         # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix
         self.metrics = nn.ModuleDict(
             {f"{stage}_metrics": segment_metrics(num_classes) for stage in STAGES}
         )
-        #: Time-shifted copies averaged at test/predict; set by the ``TTAShift`` callback.
-        self.tta_shifts: int = 1
-        self.tta_max_shift: float = 0.1
+        self._pretrained_loaded = False
+        if pretrained:
+            from audio_cls.models.registry import resolve_pretrained
+
+            # refuse a front-end mismatch now, not after a download
+            resolve_pretrained(self, pretrained).check_frontend(self)
+
+    def _frontend_settings(
+        self, given: FrontendSettings | dict[str, Any] | None
+    ) -> FrontendSettings:
+        default = type(self).default_frontend
+        if given is None:
+            return default
+        if isinstance(given, FrontendSettings):
+            return given
+        return frontend_from_dict(given, default)
 
     # ------------------------------------------------------------------ model contract
-    def build_head(self) -> None:
-        """Attach the classifier head once ``self.backbone`` exists."""
-        self.head = ClassifierHead(
-            self.backbone.embed_dim, self.num_classes, self.hparams.head_dropout
-        )
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.sample_rate
 
     @property
-    def frontend_settings(self) -> dict[str, Any]:
-        return {k: self.hparams[k] for k in FRONTEND_KEYS}
-
-    def features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Waveform ``(B, T)`` -> normalised log-mel ``(B, F, frames)`` (SpecAugment when training)."""
-        if waveform.ndim != 2:
-            raise ValueError(f"expected a waveform batch (B, T), got shape {tuple(waveform.shape)}")
-        x = self.feature_norm(self.frontend(waveform))
-        return self.spec_augment(x)
+    def num_features(self) -> int:
+        """Width of :meth:`embed`'s output."""
+        return self.head.num_features
 
     def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Waveform ``(B, T)`` -> embedding ``(B, D)``."""
-        return self.backbone(self.features(waveform))
+        """Waveform ``(B, T)`` -> the backbone's unpooled features."""
+        if waveform.ndim != 2:
+            raise ValueError(f"expected a waveform batch (B, T), got shape {tuple(waveform.shape)}")
+        return self.backbone(self.frontend(waveform))
 
-    def forward_head(self, embedding: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return embedding if pre_logits else self.head(embedding)
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Unpooled features -> logits ``(B, C)``, or the embedding ``(B, D)`` with ``pre_logits``."""
+        return self.head(features, pre_logits=pre_logits)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Waveform ``(B, T)`` -> logits ``(B, C)``."""
         return self.forward_head(self.forward_features(waveform))
 
-    @torch.no_grad()
-    def embed(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Pre-logit embedding ``(B, D)`` (for LightGBM, retrieval, ``audio-cls embed``)."""
-        return self.forward_head(self.forward_features(waveform), pre_logits=True)
+    def forward_intermediates(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named taps: ``frontend`` features, the backbone's own taps, and ``embedding``."""
+        feats = self.frontend(waveform)
+        taps = {"frontend": feats}
+        if hasattr(self.backbone, "forward_intermediates"):
+            taps.update(self.backbone.forward_intermediates(feats))
+            last = taps[next(reversed(taps))]
+        else:
+            last = taps["features"] = self.backbone(feats)
+        taps["embedding"] = self.head(last, pre_logits=True)
+        return taps
 
-    def predict_proba(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(B, C)``, averaged over ``tta_shifts`` time-shifted copies."""
-        if self.tta_shifts <= 1:
-            return self(waveform).float().softmax(-1)
-        n = waveform.shape[-1]
-        max_shift = int(self.tta_max_shift * n)
-        offsets = torch.linspace(-max_shift, max_shift, self.tta_shifts).round().long().tolist()
-        probs = [self(torch.roll(waveform, k, dims=-1)).float().softmax(-1) for k in offsets]
-        return torch.stack(probs).mean(0)
+    def embed(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Pre-logit embedding ``(B, num_features)``, in eval mode whatever mode the model is in."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self.forward_head(self.forward_features(waveform), pre_logits=True)
+        finally:
+            self.train(was_training)
+
+    def reset_classifier(self, num_classes: int, class_names: list[str] | None = None) -> None:
+        """A new classifier layer (and metrics) for ``num_classes`` classes."""
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.head.reset(num_classes)
+        self.num_classes = num_classes
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        )
+        self.hparams["num_classes"], self.hparams["class_names"] = num_classes, class_names
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_metrics": segment_metrics(num_classes) for stage in STAGES}
+        ).to(self.device)
+
+    def predict_proba(
+        self, waveform: torch.Tensor, tta: TimeShiftTTA | None = None
+    ) -> torch.Tensor:
+        """Class probabilities ``(B, C)``, averaged over time-shifted copies with ``tta``."""
+        return window_probs(self, waveform, tta)
+
+    # ------------------------------------------------------------------ pretrained weights
+    def load_pretrained(self, source: str | None = None) -> list[str]:
+        """Load published weights (``source`` or the ``pretrained`` option); our loaded keys."""
+        from audio_cls.models.registry import resolve_pretrained
+
+        config = resolve_pretrained(self, source or self.hparams.pretrained)
+        loaded = config.load_into(self, prefixes=self.hparams.pretrained_prefixes)
+        self._pretrained_loaded = True
+        return loaded
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -188,8 +291,15 @@ class AudioClassifier(L.LightningModule):
         )
         return loss
 
+    def _stage_tta(self, stage: str) -> TimeShiftTTA | None:
+        """The TTA of this stage, from the callback that configures it (no state is set here)."""
+        for callback in self.trainer.callbacks if self._trainer else []:
+            if hasattr(callback, "tta_for"):
+                return callback.tta_for(stage)
+        return None
+
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
-        probs = self.predict_proba(batch["waveform"])
+        probs = self.predict_proba(batch["waveform"], self._stage_tta(stage))
         out = {
             "probs": probs,
             "clip_index": batch["clip_index"],
@@ -238,8 +348,8 @@ class AudioClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ optimiser
     def backbone_modules(self) -> list[nn.Module]:
-        """Everything trained at ``backbone_lr``: all but the head."""
-        return [m for name, m in self.named_children() if name not in ("head", "metrics")]
+        """Everything trained at ``backbone_lr``: front end and backbone."""
+        return [self.frontend, self.backbone]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -268,25 +378,38 @@ class AudioClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ data and checkpoint contract
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if datamodule is None:
-            return
-        mine: dict[str, Any] = {"sample_rate": self.hparams.sample_rate}
-        theirs: dict[str, Any] = {"sample_rate": datamodule.sample_rate}
-        if stage != "predict":  # prediction needs no labels, only the rate
-            mine["num_classes"], theirs["num_classes"] = self.num_classes, datamodule.num_classes
-        if mine != theirs:
-            raise CheckpointMismatchError(
-                f"the model expects {mine} but the data module delivers {theirs}; set "
-                f"--data.sample_rate / the dataset to match, or train a new model"
-            )
+        trainer = self.trainer if self._trainer else None
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None:
+            mine: dict[str, Any] = {"sample_rate": self.sample_rate}
+            theirs: dict[str, Any] = {"sample_rate": datamodule.sample_rate}
+            if stage != "predict":  # prediction needs no labels, only the rate
+                mine["num_classes"], theirs["num_classes"] = (
+                    self.num_classes,
+                    datamodule.num_classes,
+                )
+            if mine != theirs:
+                raise CheckpointMismatchError(
+                    f"the model expects {mine} but the data module delivers {theirs}; set "
+                    f"--data.sample_rate / the dataset to match, or train a new model"
+                )
+        # At fit setup, so a resumed run's checkpoint (restored after setup) wins, and
+        # rebuilding a trained model for test/predict/classify never fetches anything.
+        resuming = trainer is not None and trainer.ckpt_path is not None
+        if stage == "fit" and self.hparams.pretrained and not (resuming or self._pretrained_loaded):
+            self.load_pretrained()
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        section = {
-            "model_class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "frontend": self.frontend_settings,
+    def checkpoint_section(self) -> dict[str, Any]:
+        """What a checkpoint records beside the weights (see :func:`load_classifier`)."""
+        return {
+            "format_version": CHECKPOINT_FORMAT,
+            "model": self.registry_name,
+            "frontend": self.frontend.settings.to_dict(),
             "class_names": self.class_names,
         }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        section = self.checkpoint_section()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and hasattr(datamodule, "segment_settings"):
             section["segments"] = datamodule.segment_settings
@@ -296,7 +419,9 @@ class AudioClassifier(L.LightningModule):
         section = checkpoint.get(CKPT_KEY)
         if section is None:
             return
-        diff = frontend_settings_mismatch(section["frontend"], self.frontend_settings)
+        _check_format(section, "this checkpoint")
+        theirs = frontend_from_dict(section["frontend"], self.frontend.settings).contract()
+        diff = settings_mismatch(theirs, self.frontend.settings.contract())
         if diff:
             said = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in diff.items())
             raise CheckpointMismatchError(
@@ -305,13 +430,113 @@ class AudioClassifier(L.LightningModule):
             )
 
 
-def _checkpoint_section(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    if CKPT_KEY not in checkpoint or "state_dict" not in checkpoint:
+# ---------------------------------------------------------------------- signature composition
+def _doc_params(obj: Any) -> dict[str, str]:
+    """``{parameter: description}`` from a Google-style docstring."""
+    import docstring_parser
+
+    return {
+        p.arg_name: p.description or "" for p in docstring_parser.parse(obj.__doc__ or "").params
+    }
+
+
+def _resolved_parameters(function: Any) -> dict[str, inspect.Parameter]:
+    """A function's parameters with their annotations evaluated (modules here postpone them),
+    so that the composed signature carries real types for jsonargparse to check."""
+    hints = typing.get_type_hints(function)
+    return {
+        name: p.replace(annotation=hints.get(name, p.annotation))
+        for name, p in inspect.signature(function).parameters.items()
+    }
+
+
+def _compose_init(cls: type[AudioClassifier]) -> None:
+    """Give a family an ``__init__`` whose signature and docstring list every option.
+
+    Order: ``num_classes``, the data links, ``frontend`` (typed and defaulted by the family),
+    the family's own options, the backbone's options, then the head, loss and optimiser options
+    of the base. Everything after ``num_classes`` is keyword-only.
+    """
+    base = _resolved_parameters(AudioClassifier.__init__)
+    own_init = cls.__dict__.get("__init__")
+    if getattr(own_init, "_composed", False):
+        own_init = None
+    own = (
+        [
+            p
+            for name, p in _resolved_parameters(own_init).items()
+            if name not in ("self", "num_classes") and p.kind is not p.VAR_KEYWORD
+        ]
+        if own_init
+        else []
+    )
+    backbone = list(_resolved_parameters(cls.backbone_cls.__init__).values())[2:]
+    backbone = [p for p in backbone if p.kind is not p.VAR_KEYWORD]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    leading = ("class_names", "sample_rate", "frontend")
+    head = [
+        base["class_names"],
+        base["sample_rate"],
+        base["frontend"].replace(
+            annotation=type(cls.default_frontend) | None, default=cls.default_frontend
+        ),
+    ]
+    tail = [
+        p.replace(default=cls.default_pooling) if p.name == "pooling" else p
+        for name, p in base.items()
+        if name not in ("self", "num_classes", *leading) and p.kind is not p.VAR_KEYWORD
+    ]
+    params = [p.replace(kind=keyword) for p in head + own + backbone + tail]
+    names = [p.name for p in params]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise TypeError(f"{cls.__name__}: option(s) {clash} are declared twice")
+    signature = inspect.Signature(
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            base["num_classes"],
+            *params,
+        ]
+    )
+    docs = {
+        **_doc_params(AudioClassifier),
+        **_doc_params(cls.backbone_cls),
+        **(_doc_params(own_init) if own_init else {}),
+        "frontend": f"Front-end settings; unset fields keep the family's defaults (shown "
+        f"below; each is described by --model.frontend.help "
+        f"{type(cls.default_frontend).__name__}).",
+    }
+    summary = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    lines = [summary, "", "Args:"] + [
+        f"    {p.name}: {' '.join(docs.get(p.name, '').split())}"
+        for p in signature.parameters.values()
+        if p.name != "self"
+    ]
+    target = own_init
+
+    def __init__(self: AudioClassifier, num_classes: int, **options: Any) -> None:
+        if target is not None:
+            target(self, num_classes, **options)
+        else:
+            super(cls, self).__init__(num_classes, **options)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__doc__ = "\n".join(lines)
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    __init__._composed = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------- loading
+def _check_format(section: dict[str, Any], what: str) -> None:
+    version = section.get("format_version", 1)
+    if version != CHECKPOINT_FORMAT:
         raise CheckpointMismatchError(
-            f"{path}: not an audio-cls checkpoint (no '{CKPT_KEY}' section); "
-            f"use a .ckpt written by `audio-cls fit`"
+            f"{what} has checkpoint format {version} (written by an audio-cls before the model "
+            f"contract v2, when front ends and pooling lived elsewhere); this version reads "
+            f"format {CHECKPOINT_FORMAT}: retrain it with `audio-cls fit`"
         )
-    return checkpoint[CKPT_KEY]
 
 
 def load_classifier(
@@ -319,28 +544,50 @@ def load_classifier(
 ) -> tuple[AudioClassifier, dict[str, Any]]:
     """Load any registered architecture from an ``audio-cls fit`` checkpoint.
 
-    The file is read with ``weights_only=True`` and the class must be a registered
-    ``AudioClassifier``, so a checkpoint cannot run code.
+    The file is read with ``weights_only=True`` and the class is found by its registry name, so
+    a checkpoint cannot run code.
 
     Returns:
         The model in eval mode and the checkpoint's audio-cls section (front end, class names,
         segment settings).
+
+    Raises:
+        CheckpointMismatchError: The file is missing, unreadable, not an audio-cls checkpoint,
+            of another format, or of an unknown family; the message names the file.
     """
-    from audio_cls.models.registry import get_model_entry, list_models
+    from audio_cls.models.registry import get_model_entry
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointMismatchError(f"{path}: is a folder; pass the .ckpt file inside it")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    section = _checkpoint_section(checkpoint, path)
-    module_name, _, class_name = section["model_class"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    known = {get_model_entry(n).cls for n in list_models()}
-    if cls not in known:
+        raise CheckpointMismatchError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt, not a torch file, or holds code
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise CheckpointMismatchError(
-            f"{path}: model class {section['model_class']} is not a registered audio-cls model"
+            f"{path}: not a readable audio-cls checkpoint ({reason}); use a .ckpt written by "
+            f"`audio-cls fit` (a file that holds code or other objects is refused for safety)"
+        ) from None
+    if (
+        not isinstance(checkpoint, dict)
+        or CKPT_KEY not in checkpoint
+        or "state_dict" not in checkpoint
+    ):
+        raise CheckpointMismatchError(
+            f"{path}: not an audio-cls checkpoint (no '{CKPT_KEY}' section); "
+            f"use a .ckpt written by `audio-cls fit`"
         )
+    section = checkpoint[CKPT_KEY]
+    _check_format(section, str(path))
+    try:
+        cls = get_model_entry(section["model"]).cls
+    except KeyError as err:
+        raise CheckpointMismatchError(f"{path}: {err.args[0]}") from None
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    hparams["frontend"] = section["frontend"]
+    hparams["pretrained"] = None  # the checkpoint holds every weight already
     model = cls(**hparams)
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])

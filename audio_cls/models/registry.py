@@ -1,18 +1,128 @@
-"""Name -> architecture registry (timm-style), driving model tests, ``embed`` and weight loading.
+"""Name -> architecture registry (timm-style): model tests, ``create_model``, checkpoints, weights.
 
 A new family is one file in ``audio_cls/models`` whose class is decorated with
-``@register_model``, plus one import line in ``audio_cls/models/__init__.py``.
+``@register_model``, plus one import line in ``audio_cls/models/__init__.py``. Its entry also
+carries the published weights it can start from (:class:`PretrainedConfig`): where they come
+from, their format, how their keys map onto ours, which of our keys form the classifier, and
+the front end they expect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["ModelEntry", "create_model", "get_model_entry", "list_models", "register_model"]
+from audio_cls.nn.weights import (
+    PretrainedWeightsError,
+    load_into,
+    read_weights,
+    rename_key,
+    resolve_weights,
+)
+
+if TYPE_CHECKING:
+    from audio_cls.models.base import AudioClassifier
+
+__all__ = [
+    "ModelEntry",
+    "PretrainedConfig",
+    "create_model",
+    "get_model_entry",
+    "list_models",
+    "list_pretrained",
+    "register_model",
+    "resolve_pretrained",
+]
 
 T = TypeVar("T", bound=type)
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """Published weights a family can start from.
+
+    Attributes:
+        tag: Name users pass as ``pretrained`` (``audio-cls models --pretrained`` lists them);
+            empty for the template used when ``pretrained`` is a path, hub name or URL.
+        source: Hub name, URL or local path (None: the user supplies it).
+        format: ``safetensors``, ``torch``, ``npy`` or ``h5`` (None: from the file name).
+        rename: Ordered (checkpoint prefix, our prefix) pairs; our prefix None drops the key.
+        covers: Our key prefixes the weights must provide (None: the whole model); the rest
+            keeps its fresh initialisation.
+        optional: Our key prefixes loaded where the weights have them (e.g. the pooler and
+            classifier of a classification checkpoint given as a path).
+        classifier: Our key prefixes that form the classifier, dropped when the class count
+            differs from the weights'.
+        frontend: Front-end settings the weights expect (compared before anything loads).
+        model_args: Architecture options the weights need (shown to users; shapes are checked
+            on load).
+        class_names: The weights' own label names, kept when the class count matches.
+        description: One line for listings.
+    """
+
+    tag: str = ""
+    source: str | None = None
+    format: str | None = None
+    rename: tuple[tuple[str, str | None], ...] = ()
+    covers: tuple[str, ...] | None = None
+    optional: tuple[str, ...] = ()
+    classifier: tuple[str, ...] = ("head.fc.",)
+    frontend: dict[str, Any] = field(default_factory=dict)
+    model_args: dict[str, Any] = field(default_factory=dict)
+    class_names: tuple[str, ...] | None = None
+    description: str = ""
+
+    def check_frontend(self, model: AudioClassifier) -> None:
+        """Refuse a model whose front end differs from the one the weights expect."""
+        ours = model.frontend.settings.contract()
+        diff = {k: (v, ours.get(k)) for k, v in self.frontend.items() if ours.get(k) != v}
+        if diff:
+            said = ", ".join(f"{k} {a} (ours {b})" for k, (a, b) in diff.items())
+            hint = " and --data.sample_rate" if "sample_rate" in diff else ""
+            raise PretrainedWeightsError(
+                f"weights {self.tag or self.source} expect a front end with {said}; set "
+                f"--model.frontend accordingly{hint}"
+            )
+
+    def load_into(self, model: AudioClassifier, prefixes: Sequence[str] | None = None) -> list[str]:
+        """Read the weights and copy them into ``model``; returns our keys that loaded."""
+        if not self.source:
+            raise PretrainedWeightsError(
+                f"{model.registry_name}: pretrained tag {self.tag!r} names no source; pass a "
+                f"local file, hub name or URL as --model.pretrained"
+            )
+        self.check_frontend(model)
+        weights = read_weights(resolve_weights(self.source), self.format)
+        what = f"pretrained weights {self.tag or self.source}"
+        renamed = {}
+        for key, value in weights.items():
+            name = rename_key(key, self.rename)
+            if name is not None:
+                renamed[name] = value
+        ours = model.state_dict()
+        classifier = [k for k in ours if k.startswith(self.classifier)]
+        # a classifier for other classes (or none at all) stays freshly initialised
+        fits = all(k in renamed and renamed[k].shape == ours[k].shape for k in classifier)
+        drop = [] if fits else list(self.classifier)
+        if prefixes:
+            only: list[str] | None = list(prefixes)
+        elif self.covers is None:
+            only = None
+        else:
+            present = [p for p in self.optional if any(k.startswith(p) for k in renamed)]
+            only = [*self.covers, *present]
+        report = load_into(
+            model, weights, rename=self.rename, drop=drop, only=only, strict=True, what=what
+        )
+        if not drop and self.class_names and len(self.class_names) == model.num_classes:
+            model.class_names = list(self.class_names)
+        return report.loaded
+
+
+#: Used when ``pretrained`` is a file of a family without published weights: another
+#: audio-cls checkpoint (``.ckpt``) or a state dict with our own key names.
+OWN_WEIGHTS = PretrainedConfig(rename=(("state_dict.", ""),), description="our own key names")
 
 
 @dataclass(frozen=True)
@@ -22,19 +132,22 @@ class ModelEntry:
     Attributes:
         name: Registry name (snake_case).
         cls: The ``AudioClassifier`` subclass.
-        frontend: Front-end settings the architecture was designed for (and its public
-            weights expect), e.g. ``{"sample_rate": 16000, "n_mels": 128}``.
-        weight_formats: Public weight formats its loader reads.
         tiny: Overrides that shrink the model for fast tests.
         requires: Optional packages its fast (kernel) path needs.
+        pretrained: Published weights it can start from; the first is the template for a
+            path, hub name or URL given instead of a tag.
     """
 
     name: str
     cls: type
-    frontend: dict[str, Any] = field(default_factory=dict)
-    weight_formats: tuple[str, ...] = ()
     tiny: dict[str, Any] = field(default_factory=dict)
     requires: tuple[str, ...] = ()
+    pretrained: tuple[PretrainedConfig, ...] = ()
+
+    @property
+    def frontend(self) -> Any:
+        """The family's default front-end settings."""
+        return self.cls.default_frontend
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -43,19 +156,19 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register_model(
     name: str,
     *,
-    frontend: dict[str, Any] | None = None,
-    weight_formats: tuple[str, ...] = (),
     tiny: dict[str, Any] | None = None,
     requires: tuple[str, ...] = (),
+    pretrained: Sequence[PretrainedConfig] = (),
 ) -> Callable[[T], T]:
     """Class decorator adding an architecture to the registry under ``name``."""
 
     def decorate(cls: T) -> T:
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"model name {name!r} is already registered by {_REGISTRY[name].cls}")
-        _REGISTRY[name] = ModelEntry(
-            name, cls, dict(frontend or {}), weight_formats, dict(tiny or {}), requires
-        )
+        tags = [p.tag for p in pretrained if p.tag]
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"{name}: pretrained tags repeat: {tags}")
+        _REGISTRY[name] = ModelEntry(name, cls, dict(tiny or {}), requires, tuple(pretrained))
         cls.registry_name = name
         return cls
 
@@ -77,7 +190,36 @@ def get_model_entry(name: str) -> ModelEntry:
         ) from None
 
 
-def create_model(name: str, num_classes: int, **overrides: Any):
-    """Build a registered architecture with its designed front end, overridden by ``overrides``."""
-    entry = get_model_entry(name)
-    return entry.cls(num_classes=num_classes, **{**entry.frontend, **overrides})
+def list_pretrained(name: str | None = None) -> list[tuple[str, PretrainedConfig]]:
+    """``(model name, config)`` of every tagged pretrained configuration (of one model)."""
+    names = [name] if name else list_models()
+    return [(n, p) for n in names for p in get_model_entry(n).pretrained if p.tag]
+
+
+def resolve_pretrained(model: AudioClassifier, spec: str) -> PretrainedConfig:
+    """The configuration for ``pretrained=spec``: a tag of the model's family, or its template
+    (or :data:`OWN_WEIGHTS`) with ``spec`` as the source."""
+    entry = get_model_entry(model.registry_name)
+    for config in entry.pretrained:
+        if config.tag and config.tag == spec:
+            return config
+    template = entry.pretrained[0] if entry.pretrained else OWN_WEIGHTS
+    return replace(template, tag="", source=spec)
+
+
+def create_model(
+    name: str, num_classes: int, pretrained: str | None = None, **overrides: Any
+) -> AudioClassifier:
+    """Build a registered architecture (its designed front end unless overridden).
+
+    Args:
+        name: Registry name (``list_models()``).
+        num_classes: Output classes; a pretrained classifier of another size is dropped.
+        pretrained: A tag of the family, or a file, folder, hub name or URL; loaded now.
+        **overrides: Any option of the family's ``__init__``; ``frontend`` may be a partial
+            dict of front-end settings.
+    """
+    model = get_model_entry(name).cls(num_classes=num_classes, pretrained=pretrained, **overrides)
+    if pretrained:
+        model.load_pretrained()
+    return model

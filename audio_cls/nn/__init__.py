@@ -1,7 +1,14 @@
-"""Plain torch building blocks (no Lightning): front ends, SpecAugment, pooling, heads, SSM layers."""
+"""Plain torch building blocks (no Lightning): front ends, backbones, heads, weights."""
 
-from audio_cls.nn.frontend import LogMel, frontend_settings_mismatch
-from audio_cls.nn.heads import ClassifierHead, TimeFreqPool
+from audio_cls.nn.frontends import LogMel, LogMelSettings, WaveformSettings
+from audio_cls.nn.heads import ClassifierHead, FeaturePool
 from audio_cls.nn.specaugment import SpecAugment
 
-__all__ = ["ClassifierHead", "LogMel", "SpecAugment", "TimeFreqPool", "frontend_settings_mismatch"]
+__all__ = [
+    "ClassifierHead",
+    "FeaturePool",
+    "LogMel",
+    "LogMelSettings",
+    "SpecAugment",
+    "WaveformSettings",
+]

@@ -1,4 +1,10 @@
-"""Pooling and classifier heads shared by the model families."""
+"""Heads: pooling over a backbone's unpooled features, then the classifier.
+
+Backbones hand over either a feature map ``(B, C, F, T)`` (CNNs) or a sequence ``(B, L, D)``
+(SSMs, transformers, raw-waveform encoders); :class:`FeaturePool` turns both into one
+embedding ``(B, D)``, and :class:`ClassifierHead` adds dropout and the linear classifier.
+``ClassifierHead(x, pre_logits=True)`` is the embedding that ``embed`` and LightGBM use.
+"""
 
 from __future__ import annotations
 
@@ -8,77 +14,183 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["AttentionPool", "ClassifierHead", "SequencePool", "SequencePooling", "TimeFreqPool"]
+__all__ = [
+    "POOLING_KINDS",
+    "AttentionPool",
+    "AttentivePool",
+    "ClassifierHead",
+    "FeatureLayout",
+    "FeaturePool",
+    "Pooling",
+]
 
-
-class TimeFreqPool(nn.Module):
-    """``(B, C, F, T)`` feature map -> ``(B, C)``: mean over frequency, then mean + max over time.
-
-    Max over time keeps short events (an impact) that a plain mean would dilute.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.mean(dim=2)  # (B C T)
-        return x.mean(dim=-1) + x.amax(dim=-1)
-
-
-class ClassifierHead(nn.Module):
-    """Dropout + linear layer from an embedding to class logits.
-
-    Args:
-        in_features: Embedding width.
-        num_classes: Output classes.
-        dropout: Dropout before the linear layer.
-    """
-
-    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(embedding))
+Pooling = Literal["mean", "max", "meanmax", "attention", "attentive"]
+POOLING_KINDS: tuple[str, ...] = ("mean", "max", "meanmax", "attention", "attentive")
+#: ``map``: ``(B, C, F, T)``, channels first; ``sequence``: ``(B, L, D)``, features last.
+FeatureLayout = Literal["map", "sequence"]
 
 
 class AttentionPool(nn.Module):
-    """One learned query attending over frames; starts as mean pooling (zero query).
+    """Learned queries attending over frames, one per head; starts as mean pooling.
+
+    Each head scores the frames with its slice of ``key(x) . query`` and averages its slice of
+    the features with those weights, so one head is the single learned query of attentive
+    statistics pooling and more heads let different feature groups watch different frames.
 
     Args:
-        dim: Feature size D.
+        dim: Feature size D (divisible by ``heads``).
+        heads: Attention heads.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, heads: int = 1) -> None:
         super().__init__()
-        self.query = nn.Parameter(torch.zeros(dim))
+        if heads < 1 or dim % heads:
+            raise ValueError(f"attention pooling: dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.query = nn.Parameter(torch.zeros(dim))  # zero: uniform weights, i.e. the mean
         self.key = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B L D) -> (B D)``."""
-        scores = self.key(x) @ self.query / math.sqrt(x.shape[-1])  # (B L)
-        return torch.einsum("bl,bld->bd", scores.softmax(dim=-1), x)
+        B, L, D = x.shape
+        h = self.heads
+        scores = (self.key(x) * self.query).view(B, L, h, D // h).sum(-1)  # (B L h)
+        weights = (scores / math.sqrt(D // h)).softmax(dim=1)
+        return torch.einsum("blh,blhd->bhd", weights, x.view(B, L, h, D // h)).reshape(B, D)
 
 
-SequencePooling = Literal["mean", "meanmax", "attention"]
+class AttentivePool(nn.Module):
+    """V-JEPA2's attentive pooler: self-attention layers, then one learned query cross-attends.
 
-
-class SequencePool(nn.Module):
-    """``(B L D) -> (B D)`` over frames: ``mean``, ``meanmax`` (mean + max, which keeps a short
-    event a plain mean dilutes, as :class:`TimeFreqPool` does for the CNN) or ``attention``.
+    Built from ``transformers``' ``VJEPA2AttentivePooler``, so published pooler weights load
+    under ``pooler.*`` (see the ``vjepa2`` family's pretrained configuration).
 
     Args:
         dim: Feature size D.
-        kind: Pooling kind.
+        heads: Attention heads (divide D).
+        layers: Self-attention layers before the cross-attention (V-JEPA2 uses 3).
+        mlp_ratio: MLP width factor inside the pooler's layers.
     """
 
-    def __init__(self, dim: int, kind: SequencePooling = "mean") -> None:
+    def __init__(self, dim: int, heads: int = 1, layers: int = 1, mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        if kind not in ("mean", "meanmax", "attention"):
-            raise ValueError(f"pooling must be 'mean', 'meanmax' or 'attention', got {kind!r}")
-        self.kind = kind
-        self.attn = AttentionPool(dim) if kind == "attention" else None
+        from transformers import VJEPA2Config
+        from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler
+
+        if heads < 1 or dim % heads:
+            raise ValueError(f"attentive pooling: dim {dim} is not divisible by {heads} heads")
+        config = VJEPA2Config(
+            hidden_size=dim,
+            num_attention_heads=heads,
+            num_pooler_layers=layers,
+            mlp_ratio=mlp_ratio,
+        )
+        config._attn_implementation = "sdpa"
+        self.pooler = VJEPA2AttentivePooler(config)
+        self._init_weights(config.initializer_range)
+
+    @torch.no_grad()
+    def _init_weights(self, std: float) -> None:
+        """V-JEPA2's scheme: truncated normal linears, output projections scaled by depth."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.pooler.query_tokens, std=std)
+        for i, layer in enumerate(self.pooler.self_attention_layers, 1):
+            nn.init.trunc_normal_(layer.self_attn.out_proj.weight, std=std / i**0.5)
+            nn.init.trunc_normal_(layer.mlp.fc2.weight, std=std / i**0.5)
+        n = len(self.pooler.self_attention_layers) + 1
+        nn.init.trunc_normal_(self.pooler.cross_attention_layer.mlp.fc2.weight, std=std / n**0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attn is not None:
+        """``(B L D) -> (B D)``."""
+        return self.pooler(x)
+
+
+class FeaturePool(nn.Module):
+    """Unpooled features -> ``(B, D)``.
+
+    A map ``(B, C, F, T)`` is first averaged over frequency and read as the sequence
+    ``(B, T, C)``. Then over time: ``mean``; ``max``; ``meanmax`` (mean + max, which keeps a short
+    event such as an impact that a plain mean dilutes); ``attention`` (learned queries,
+    :class:`AttentionPool`); ``attentive`` (V-JEPA2's pooler, :class:`AttentivePool`).
+
+    Args:
+        dim: Feature size D (C for maps).
+        kind: Pooling kind.
+        layout: ``map`` or ``sequence``.
+        heads: Heads of ``attention`` / ``attentive`` pooling.
+        layers: Self-attention layers of ``attentive`` pooling.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kind: Pooling = "mean",
+        layout: FeatureLayout = "sequence",
+        heads: int = 1,
+        layers: int = 1,
+    ) -> None:
+        super().__init__()
+        if kind not in POOLING_KINDS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLING_KINDS)}; got {kind!r}")
+        if layout not in ("map", "sequence"):
+            raise ValueError(f"feature layout must be 'map' or 'sequence', got {layout!r}")
+        self.kind, self.layout = kind, layout
+        if kind == "attention":
+            self.attn = AttentionPool(dim, heads)
+        elif kind == "attentive":
+            self.attentive = AttentivePool(dim, heads, layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "map":
+            x = x.mean(dim=2).transpose(1, 2)  # (B C F T) -> (B T C)
+        if self.kind == "attention":
             return self.attn(x)
-        pooled = x.mean(dim=1)
-        return pooled + x.amax(dim=1) if self.kind == "meanmax" else pooled
+        if self.kind == "attentive":
+            return self.attentive(x)
+        if self.kind == "mean":
+            return x.mean(dim=1)
+        if self.kind == "max":
+            return x.amax(dim=1)
+        return x.mean(dim=1) + x.amax(dim=1)
+
+
+class ClassifierHead(nn.Module):
+    """Pooling, dropout and a linear classifier.
+
+    Args:
+        num_features: Feature size D of the backbone (and of the embedding).
+        num_classes: Output classes.
+        pooling: Pooling kind (:class:`FeaturePool`).
+        layout: The backbone's feature layout.
+        dropout: Dropout before the linear layer.
+        pool_heads: Heads of attention pooling.
+        pool_layers: Self-attention layers of attentive pooling.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        pooling: Pooling = "mean",
+        layout: FeatureLayout = "sequence",
+        dropout: float = 0.0,
+        pool_heads: int = 1,
+        pool_layers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.pool = FeaturePool(num_features, pooling, layout, pool_heads, pool_layers)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def reset(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier layer for ``num_classes`` classes."""
+        self.fc = nn.Linear(self.num_features, num_classes).to(self.fc.weight)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        embedding = self.pool(x)
+        return embedding if pre_logits else self.fc(self.dropout(embedding))

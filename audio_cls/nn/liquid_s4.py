@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_cls.nn.heads import SequencePool, SequencePooling
 from audio_cls.nn.stem import STEM_CHANNELS, StemKind, frame_stem
 
 __all__ = ["LiquidS4Encoder", "LiquidS4Layer", "S4DKernel", "fft_conv", "input_correlation"]
@@ -227,12 +226,12 @@ class LiquidS4Layer(nn.Module):
 
 
 class LiquidS4Encoder(nn.Module):
-    """Log-mel frames -> residual pre-norm Liquid-S4 layers -> pooled embedding.
+    """Feature frames -> residual pre-norm Liquid-S4 layers -> normalised frames (unpooled).
 
-    Input ``(B F T)`` (F mel bins, T frames); output ``(B D)`` with ``D = embed_dim = d_model``.
+    Input ``(B F T)`` (F feature channels, e.g. mel bins; T frames); output ``(B T H)``.
 
     Args:
-        n_mels: Mel bins F of the input.
+        in_channels: Feature channels F of the input.
         d_model: Width H of every layer and of the embedding.
         n_layers: Number of Liquid-S4 layers.
         d_state: State size N per channel.
@@ -241,14 +240,13 @@ class LiquidS4Encoder(nn.Module):
         dropout: Dropout inside each layer and on its residual branch.
         bidirectional: Each layer also reads the time-reversed sequence.
         ssm_lr: Learning-rate hint on dt, A, B (no weight decay either way).
-        pooling: ``mean``, ``meanmax`` or ``attention`` over frames (:class:`SequencePool`).
         stem: ``linear`` per-frame projection or ``conv`` stem (:mod:`audio_cls.nn.stem`).
         stem_channels: Channels of the conv stem's stages.
     """
 
     def __init__(
         self,
-        n_mels: int,
+        in_channels: int,
         d_model: int = 128,
         n_layers: int = 4,
         d_state: int = 64,
@@ -257,15 +255,15 @@ class LiquidS4Encoder(nn.Module):
         dropout: float = 0.1,
         bidirectional: bool = False,
         ssm_lr: float | None = 1e-3,
-        pooling: SequencePooling = "mean",
         stem: StemKind = "linear",
         stem_channels: Sequence[int] = STEM_CHANNELS,
     ) -> None:
         super().__init__()
-        if n_mels < 1 or d_model < 1 or n_layers < 1:
-            raise ValueError("n_mels, d_model and n_layers must be >= 1")
-        self.embed_dim = d_model
-        self.input_proj = frame_stem(stem, n_mels, d_model, stem_channels)
+        if in_channels < 1 or d_model < 1 or n_layers < 1:
+            raise ValueError("in_channels, d_model and n_layers must be >= 1")
+        self.num_features = d_model
+        self.layout = "sequence"
+        self.input_proj = frame_stem(stem, in_channels, d_model, stem_channels)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
         self.layers = nn.ModuleList(
             LiquidS4Layer(
@@ -275,16 +273,17 @@ class LiquidS4Encoder(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.norm_f = nn.LayerNorm(d_model)
-        self.pool = SequencePool(d_model, pooling)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B F T) -> (B T H)`` normalised frame features."""
+    def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named taps ``(B T H)``: ``stem``, ``layer{i}`` (residual stream) and ``norm``."""
         h = self.input_proj(x).float()  # (B L H), fp32 residual stream
-        for norm, layer in zip(self.norms, self.layers):
+        taps = {"stem": h}
+        for i, (norm, layer) in enumerate(zip(self.norms, self.layers)):
             z = layer(norm(h).transpose(1, 2)).transpose(1, 2)  # (B H L) -> (B L H)
-            h = h + self.dropout(z)
-        return self.norm_f(h)
+            h = taps[f"layer{i}"] = h + self.dropout(z)
+        taps["norm"] = self.norm_f(h)
+        return taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B F T) -> (B H)``."""
-        return self.pool(self.forward_features(x))
+        """``(B F T) -> (B T H)`` normalised frame features."""
+        return self.forward_intermediates(x)["norm"]

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import MambaConfig
 
-from audio_cls.nn.heads import SequencePool, SequencePooling
 from audio_cls.nn.stem import STEM_CHANNELS, StemKind, frame_stem
 
 if TYPE_CHECKING:
@@ -243,19 +242,18 @@ class MambaLayer(nn.Module):
 
 
 class MambaEncoder(nn.Module):
-    """Log-mel frames -> stack of Mamba blocks -> pooled embedding.
+    """Feature frames -> stack of Mamba blocks -> normalised frame features (unpooled).
 
-    Input ``(B F T)`` (F mel bins, T frames); output ``(B D)`` with ``D = embed_dim = d_model``.
+    Input ``(B F T)`` (F feature channels, e.g. mel bins; T frames); output ``(B T D)``.
 
     Args:
-        n_mels: Mel bins F of the input.
+        in_channels: Feature channels F of the input.
         d_model: Width D of the residual stream and of the embedding.
         n_layers: Number of Mamba blocks.
         d_state: SSM state size N.
         d_conv: Width of the causal depthwise convolution.
         expand: Inner width E = expand * D.
         bidirectional: Each block also runs a mixer on the time-reversed sequence.
-        pooling: ``mean``, ``meanmax`` or ``attention`` over frames (:class:`SequencePool`).
         dropout: Dropout after the input projection and on each block's output.
         stem: ``linear`` per-frame projection or ``conv`` stem (:mod:`audio_cls.nn.stem`).
         stem_channels: Channels of the conv stem's stages.
@@ -266,14 +264,13 @@ class MambaEncoder(nn.Module):
 
     def __init__(
         self,
-        n_mels: int,
+        in_channels: int,
         d_model: int = 256,
         n_layers: int = 4,
         d_state: int = 16,
         d_conv: int = 4,
         expand: int = 2,
         bidirectional: bool = False,
-        pooling: SequencePooling = "mean",
         dropout: float = 0.0,
         use_kernels: bool | None = None,
         stem: StemKind = "linear",
@@ -281,7 +278,7 @@ class MambaEncoder(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (
-            ("n_mels", n_mels),
+            ("in_channels", in_channels),
             ("d_model", d_model),
             ("n_layers", n_layers),
             ("d_state", d_state),
@@ -298,15 +295,15 @@ class MambaEncoder(nn.Module):
             num_hidden_layers=n_layers,
             use_cache=False,
         )
-        self.embed_dim = d_model
+        self.num_features = d_model
+        self.layout = "sequence"
         self.use_kernels = use_kernels
-        self.input_proj = frame_stem(stem, n_mels, d_model, stem_channels)
+        self.input_proj = frame_stem(stem, in_channels, d_model, stem_channels)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             MambaLayer(config, i, bidirectional, dropout) for i in range(n_layers)
         )
         self.norm_f = _modeling_mamba().MambaRMSNorm(d_model, eps=config.layer_norm_epsilon)
-        self.pool = SequencePool(d_model, pooling)
 
     def _resolve_use_kernels(self, x: torch.Tensor) -> bool:
         if self.use_kernels is None:
@@ -321,14 +318,16 @@ class MambaEncoder(nn.Module):
                 )
         return bool(self.use_kernels)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B F T) -> (B T D)`` normalised frame features."""
+    def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named taps ``(B T D)``: ``stem``, ``layer{i}`` (residual stream) and ``norm``."""
         use_kernels = self._resolve_use_kernels(x)
         h = self.dropout(self.input_proj(x).float())  # (B T D) fp32 residual
-        for layer in self.layers:
-            h = layer(h, use_kernels)
-        return self.norm_f(h)
+        taps = {"stem": h}
+        for i, layer in enumerate(self.layers):
+            h = taps[f"layer{i}"] = layer(h, use_kernels)
+        taps["norm"] = self.norm_f(h)
+        return taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B F T) -> (B D)``."""
-        return self.pool(self.forward_features(x))
+        """``(B F T) -> (B T D)`` normalised frame features."""
+        return self.forward_intermediates(x)["norm"]

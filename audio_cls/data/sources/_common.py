@@ -14,7 +14,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +27,19 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 def read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     """Rows of a CSV as ``(line number, row)``, after checking the header has ``required``."""
+    return read_csv_table(path, required)[1]
+
+
+def read_csv_table(
+    path: Path, required: Sequence[str] | Callable[[list[str]], Sequence[str]]
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and rows of a CSV, like ``read_csv``.
+
+    Args:
+        path: The CSV file.
+        required: Columns the header must have, or a function of the header that names them
+            (for columns that are only needed when others are absent).
+    """
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets write a BOM
     except (OSError, UnicodeDecodeError) as e:
@@ -34,6 +47,8 @@ def read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, s
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [c.strip() for c in reader.fieldnames or []]
+        if callable(required):
+            required = required(header)
         missing = [c for c in required if c not in header]
         if missing:
             raise ManifestError(
@@ -44,7 +59,7 @@ def read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, s
         rows = []
         for row in reader:
             rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}))
-    return rows
+    return header, rows
 
 
 def missing_files_error(csv_path: Path, missing: Sequence[Path], hint: str = "") -> ManifestError:

@@ -7,12 +7,18 @@ cache) and never imports a model.
 from __future__ import annotations
 
 import abc
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Clip", "ClipSource", "Manifest", "ManifestError"]
+import numpy as np
+
+__all__ = ["SOFT_TOLERANCE", "Clip", "ClipSource", "Manifest", "ManifestError", "soft_targets"]
+
+#: How far a soft target's sum may stray from 1 (probabilities written with a few decimals).
+SOFT_TOLERANCE = 1e-3
 
 
 class ManifestError(ValueError):
@@ -28,12 +34,16 @@ class Clip:
         label: Index into ``Manifest.class_names``; -1 when unknown (prediction).
         fold: Cross-validation fold, 1-based.
         clip_id: Unique, stable name of the clip (used in prediction files).
+        soft: Probability over ``Manifest.class_names`` (a soft target), or None for a hard
+            label only. Sources set ``label`` to its argmax when no hard label is given, so
+            metrics and clip aggregation score the most probable class.
     """
 
     path: Path
     label: int
     fold: int
     clip_id: str
+    soft: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -56,6 +66,12 @@ class Manifest:
                 f"{bad[0].clip_id}: label {bad[0].label} is outside 0..{n - 1} "
                 f"({len(bad)} clip(s) affected)"
             )
+        wrong = [(c, why) for c in self.clips if c.soft is not None and (why := _soft_error(c, n))]
+        if wrong:
+            clip, why = wrong[0]
+            raise ManifestError(
+                f"{clip.clip_id}: soft target {why} ({len(wrong)} clip(s) affected)"
+            )
 
     @property
     def folds(self) -> list[int]:
@@ -64,6 +80,38 @@ class Manifest:
     def select(self, folds: Iterable[int]) -> list[Clip]:
         wanted = set(folds)
         return [c for c in self.clips if c.fold in wanted]
+
+
+def _soft_error(clip: Clip, num_classes: int) -> str:
+    """What is wrong with a clip's soft target ('' when nothing)."""
+    soft = clip.soft or ()
+    if len(soft) != num_classes:
+        return f"has {len(soft)} value(s) for {num_classes} classes"
+    for i, p in enumerate(soft):
+        if not math.isfinite(p) or p < 0:
+            return f"value {p} for class {i} is not a finite probability >= 0"
+    total = math.fsum(soft)
+    if abs(total - 1) > SOFT_TOLERANCE:
+        return f"sums to {total:g}, not 1 (within {SOFT_TOLERANCE:g})"
+    return ""
+
+
+def soft_targets(clips: Sequence[Clip]) -> np.ndarray | None:
+    """The clips' soft targets as a ``(N, C)`` float32 array, or None when no clip has one.
+
+    A clip without a soft target gets the one-hot row of its label (all zeros when the label is
+    unknown, -1), so soft and hard clips can share one batch.
+    """
+    width = next((len(c.soft) for c in clips if c.soft is not None), 0)
+    if not width:
+        return None
+    table = np.zeros((len(clips), width), dtype=np.float32)
+    for i, c in enumerate(clips):
+        if c.soft is not None:
+            table[i] = c.soft
+        elif c.label >= 0:
+            table[i, c.label] = 1.0
+    return table
 
 
 class ClipSource(abc.ABC):

@@ -12,18 +12,20 @@ mean/std (sample standard deviation) over folds.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import io
 import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from audio_cls.cli import AudioCLI
+from audio_cls.commands.lightning import AudioCLI
+from audio_cls.reports import write_metrics
 
-__all__ = ["cv_folds", "run_cv", "summarize"]
+__all__ = ["cv_folds", "cv_options", "main", "run_cv", "summarize"]
 
 #: Metrics reported per fold and summarised.
 CV_METRICS = ("test/acc", "test/macro_f1", "test/clip_acc", "test/clip_macro_f1")
@@ -94,23 +96,76 @@ def _table(per_fold: list[dict[str, Any]], summary: dict[str, dict[str, float]])
     return "\n".join(lines)
 
 
-def run_cv(argv: list[str]) -> dict[str, Any]:
-    """Run ``audio-cls cv``; ``argv`` holds fit's options plus ``--cv.folds`` / ``--cv.val``."""
-    parser = argparse.ArgumentParser(prog="audio-cls cv", add_help=False)
-    parser.add_argument("--cv.folds", dest="folds", type=int, nargs="+", default=None)
-    parser.add_argument("--cv.val", dest="val", choices=("next", "none"), default="next")
-    parser.add_argument("-h", "--help", action="store_true")
-    ours, rest = parser.parse_known_args(argv)
-    if ours.help:
-        print(
-            "usage: audio-cls cv --config CONFIG [fit options] [--cv.folds K ...] [--cv.val next|none]\n\n"
-            + (__doc__ or "")
-        )
-        return {}
+def cv_options(folds: list[int] | None = None, val: Literal["next", "none"] = "next") -> None:
+    """Cross-validation options, given as ``--cv.folds`` and ``--cv.val``.
 
+    Args:
+        folds: Folds to test in turn (None: every fold of the dataset).
+        val: ``next``: the next fold validates (early stopping, best checkpoint); ``none``:
+            train on all other folds and keep the last epoch.
+    """
+
+
+def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``--cv.*`` options (with their values) apart from the training options.
+
+    ``--cv.folds 1 2 3`` (several bare values) is accepted beside ``--cv.folds [1,2,3]``.
+    """
+    ours, rest, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--cv.") and "=" not in token:
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                values.append(argv[i + 1])
+                i += 1
+            if token == "--cv.folds" and len(values) > 1:
+                values = [f"[{','.join(values)}]"]
+            ours += [token, *values]
+        elif token.startswith("--cv."):
+            ours.append(token)
+        else:
+            rest.append(token)
+        i += 1
+    return ours, rest
+
+
+def _cv_parser():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="audio-cls cv", add_help=False)
+    parser.add_function_arguments(cv_options, "cv")
+    return parser
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """``audio-cls cv``: fit's options plus ``--cv.folds`` / ``--cv.val``."""
+    ours, rest = _split_argv(argv)
+    parser = _cv_parser()
+    options = parser.parse_args(ours).cv
+    if any(t in ("-h", "--help") for t in rest):
+        print(
+            "usage: audio-cls cv --config CONFIG [fit options] [--cv.folds K ...] [--cv.val next|none]\n"
+        )
+        print(__doc__ or "")
+        parser.print_help()
+        return {}
+    if any(t.startswith("--print_config") for t in rest):
+        # the training config as fit resolves it, then the cross-validation's own options
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
+            AudioCLI(args=["fit", *rest])
+        print(buffer.getvalue().rstrip())
+        print(parser.dump(parser.parse_args(ours), skip_none=False).rstrip())
+        return {}
+    return run_cv(rest, folds=options.folds, val=options.val)
+
+
+def run_cv(rest: list[str], folds: list[int] | None = None, val: str = "next") -> dict[str, Any]:
+    """Cross-validate the training config given by ``rest`` (fit's options)."""
     probe = AudioCLI(args=rest, run=False)  # resolves the config once to learn the folds
-    folds = ours.folds or probe.datamodule.manifest.folds
-    plans = cv_folds(folds, ours.val)
+    folds = folds or probe.datamodule.manifest.folds
+    plans = cv_folds(folds, val)
     tag = time.strftime("cv_%Y%m%d-%H%M%S")
     started = time.perf_counter()
     per_fold, fold_dirs = [], []
@@ -142,7 +197,7 @@ def run_cv(argv: list[str]) -> dict[str, Any]:
         "wall_time_sec": time.perf_counter() - started,
     }
     if probe.trainer.is_global_zero:
-        (out_dir / "cv_summary.json").write_text(json.dumps(result, indent=2))
+        write_metrics(out_dir / "cv_summary.json", result)
         print(f"\ncross-validation over folds {folds} ({result['wall_time_sec']:.0f} s)")
         print(_table(per_fold, summary))
         print(f"\nsummary: {out_dir / 'cv_summary.json'}")

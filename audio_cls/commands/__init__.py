@@ -1,0 +1,120 @@
+"""The verbs of ``audio-cls``, one module each, declared once in :data:`VERBS`.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands
+(:mod:`audio_cls.commands.lightning`); every other verb is a typed function whose signature and
+docstring are its options and help, parsed by jsonargparse like the training configs: each
+takes ``--config`` (a YAML of its own options) and ``--print_config``, options spelled with
+underscores also accept dashes, and a verb may take its main list (``inputs``) as bare words.
+``cv`` combines both: its own ``--cv.*`` options beside a training config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["VERBS", "UsageError", "Verb", "run_function_verb"]
+
+
+class UsageError(ValueError):
+    """A verb's option is out of range; the message names the option and what to do."""
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One verb: where it lives and what it does.
+
+    Attributes:
+        module: Module under ``audio_cls.commands`` holding it.
+        summary: One line for ``audio-cls --help``.
+        function: The verb's function in ``module`` (None: the module's ``main(argv)``).
+        positional: The list option that bare words on the command line fill.
+    """
+
+    module: str
+    summary: str
+    function: str | None = None
+    positional: str | None = None
+
+    def load(self) -> Callable[..., Any]:
+        module = importlib.import_module(f"audio_cls.commands.{self.module}")
+        return getattr(module, self.function or "main")
+
+
+VERBS: dict[str, Verb] = {
+    "fit": Verb(
+        "lightning", "train (and, with test folds, test the best checkpoint) from a config"
+    ),
+    "validate": Verb("lightning", "evaluate a checkpoint on the validation folds"),
+    "test": Verb("lightning", "evaluate a checkpoint on the test folds (segment and clip metrics)"),
+    "predict": Verb("lightning", "predict the test folds (or data.predict_source) of a config"),
+    "cv": Verb("cv", "cross-validate: one fit + test per fold, then mean and std over folds"),
+    "classify": Verb(
+        "classify",
+        "classify audio files, folders or manifests with a checkpoint (top-k CSV/JSON)",
+        function="classify",
+        positional="inputs",
+    ),
+    "models": Verb("models", "list the registered model families and pretrained weights", "models"),
+}
+
+
+def _normalise(argv: list[str]) -> list[str]:
+    """``--top-k 3`` -> ``--top_k 3``: option names accept dashes for underscores."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token[2:].partition("=")
+            token = "--" + name.replace("-", "_") + eq + value
+        out.append(token)
+    return out
+
+
+def _gather_positionals(argv: list[str], option: str, flags: set[str]) -> list[str]:
+    """Bare words -> ``--{option}=[...]``; every other option takes one value (``--x v`` or
+    ``--x=v``), except ``flags`` (booleans, which may stand alone)."""
+    rest, words, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("-"):
+            rest.append(token)
+            takes_value = "=" not in token and token not in ("-h", "--help")
+            name = token[2:]
+            if name in flags:
+                takes_value = i + 1 < len(argv) and argv[i + 1].lower() in ("true", "false")
+            if takes_value and i + 1 < len(argv):
+                rest.append(argv[i + 1])
+                i += 1
+        else:
+            words.append(token)
+        i += 1
+    if words:
+        rest.append(f"--{option}={json.dumps(words)}")
+    return rest
+
+
+def run_function_verb(name: str, verb: Verb, argv: list[str]) -> Any:
+    """Parse ``argv`` against the verb function's signature and call it."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    function = verb.load()
+    doc = inspect.getdoc(function) or ""
+    parser = ArgumentParser(prog=f"audio-cls {name}", description=doc.split("\n\nArgs:")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML of this verb's options.")
+    parser.add_function_arguments(function, fail_untyped=True)
+    argv = _normalise(argv)
+    if verb.positional:
+        flags = {
+            p.name
+            for p in inspect.signature(function).parameters.values()
+            if p.annotation in (bool, "bool")
+        }
+        flags |= {"print_config"}
+        argv = _gather_positionals(argv, verb.positional, flags)
+    config = parser.parse_args(argv)
+    options = {k: v for k, v in vars(config).items() if k != "config"}
+    return function(**options)

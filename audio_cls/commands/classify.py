@@ -1,0 +1,163 @@
+"""``audio-cls classify``: label audio files, folders or manifests with a trained checkpoint.
+
+The checkpoint carries what it needs: the architecture, class names, the front end and the
+window settings it was trained with. Audio is decoded block by block and resampled to the
+checkpoint's rate, cut into the same windows, predicted in batches (optionally with TTA
+shifts) and aggregated per clip by the inference core; no Trainer is involved. A file that
+cannot be read is listed with its reason (in the output and on stderr) while the others are
+labelled.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from audio_cls.commands import UsageError
+from audio_cls.inference import (
+    Aggregation,
+    ClipPrediction,
+    ClipResults,
+    Predictor,
+    TimeShiftTTA,
+    collect,
+)
+from audio_cls.reports import write_predictions, write_timeline
+
+__all__ = ["classify", "predict_inputs"]
+
+
+def predict_inputs(
+    ckpt: str | Path,
+    inputs: list[str],
+    batch_size: int = 256,
+    tta: int = 1,
+    tta_max_shift: float = 0.1,
+    aggregation: Aggregation = "mean",
+    device: str = "auto",
+    limit: int | None = None,
+) -> tuple[ClipResults, list[str], Predictor]:
+    """Predict every clip in ``inputs``; returns clip results, class names and the predictor."""
+    from audio_cls.data.sources.files import AudioFiles
+
+    predictor, _ = Predictor.from_checkpoint(
+        ckpt,
+        batch_size=batch_size,
+        tta=TimeShiftTTA(tta, tta_max_shift),
+        aggregation=aggregation,
+        device=device,
+    )
+    names = list(predictor.model.class_names)
+    clips = AudioFiles(inputs, class_names=names).manifest(Path(".")).clips[:limit]
+    predictions: list[ClipPrediction] = list(
+        predictor.predict_files((c.clip_id, c.path) for c in clips)
+    )
+    return collect(predictions, len(names)), names, predictor
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Fail before predicting, not after, when an output cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(
+            f"{option} {path}: cannot write there ({err.strerror}); pick another path"
+        ) from None
+
+
+def _to_json(results: ClipResults, class_names: list[str], top_k: int) -> list[dict[str, Any]]:
+    k = min(top_k, len(class_names))
+    top_p, top_i = results.probs.topk(k, dim=1)
+    rows = []
+    for i, clip_id in enumerate(results.clip_ids):
+        row: dict[str, Any] = {"clip_id": clip_id, "path": results.paths[i]}
+        if clip_id in results.errors:
+            row["error"] = results.errors[clip_id]
+        else:
+            row["top_k"] = [
+                {"label": class_names[int(j)], "prob": round(float(p), 6)}
+                for p, j in zip(top_p[i], top_i[i])
+            ]
+        rows.append(row)
+    return rows
+
+
+def classify(
+    inputs: list[str],
+    ckpt: str,
+    out: str = "predictions.csv",
+    timeline: str | None = None,
+    top_k: int = 3,
+    tta: int = 1,
+    tta_max_shift: float = 0.1,
+    aggregation: Aggregation = "mean",
+    batch_size: int = 256,
+    device: str = "auto",
+    limit: int | None = None,
+    strict: bool = False,
+) -> ClipResults:
+    """Classify audio files, folders (recursive) or CSV manifests (a ``path`` column) with a
+    checkpoint from ``audio-cls fit``.
+
+    Args:
+        inputs: Audio files, folders or ``.csv`` manifests (given as bare words).
+        ckpt: Checkpoint (``.ckpt``) written by ``audio-cls fit``.
+        out: Per-clip output, ``.csv`` or ``.json``.
+        timeline: Per-window CSV, for long recordings.
+        top_k: Classes listed per clip.
+        tta: Time-shifted copies averaged per window (1: off).
+        tta_max_shift: Largest TTA shift, as a fraction of the window.
+        aggregation: Window -> clip: ``mean``, ``logit_mean``, ``max`` or ``vote``.
+        batch_size: Windows per forward pass.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        limit: Only the first N clips.
+        strict: Exit with status 1 when any file could not be read (default: list it, go on).
+    """
+    for option, value in (("--top_k", top_k), ("--tta", tta), ("--batch_size", batch_size)):
+        if value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be >= 1 (or left out for every clip), got {limit}")
+    out_path = Path(out)
+    _check_writable(out_path, "--out")
+    if timeline:
+        _check_writable(Path(timeline), "--timeline")
+
+    started = time.perf_counter()
+    results, names, predictor = predict_inputs(
+        ckpt, inputs, batch_size, tta, tta_max_shift, aggregation, device, limit
+    )
+    elapsed = time.perf_counter() - started
+    if out_path.suffix.lower() == ".json":
+        out_path.write_text(json.dumps(_to_json(results, names, top_k), indent=2))
+    else:
+        write_predictions(out_path, results, names, top_k)
+    if timeline:
+        w = predictor.windows
+        write_timeline(Path(timeline), results, names, w.sample_rate, w.window)
+
+    n_windows = len(results.segment_probs)
+    labelled = [i for i, c in enumerate(results.clip_ids) if c not in results.errors]
+    for i in labelled[:10]:
+        p, c = results.probs[i].max(0)
+        print(f"{results.clip_ids[i]:<40} {names[int(c)]:<16} {float(p):.3f}")
+    if len(labelled) > 10:
+        print(f"... {len(labelled) - 10} more")
+    for clip_id, reason in results.errors.items():
+        print(f"audio-cls: skipped {clip_id}: {reason}", file=sys.stderr)
+    print(
+        f"\n{len(labelled)} clips, {n_windows} windows in {elapsed:.1f} s "
+        f"({n_windows / max(elapsed, 1e-9):.0f} windows/s)"
+        + (f"; {len(results.errors)} unreadable, listed in the output" if results.errors else "")
+        + f"\npredictions: {out_path}"
+        + (f"\ntimeline:    {timeline}" if timeline else "")
+    )
+    if strict and results.errors:
+        sys.exit(1)
+    return results

@@ -1,0 +1,472 @@
+"""The inference core, without Lightning: windows -> batched forward (+ TTA) -> clip scores.
+
+One code path serves ``classify``, the clip-aggregation callback's arithmetic and (later) the
+server and the exporter:
+
+- :func:`window_probs`: class probabilities of a batch of windows, averaged over time-shifted
+  copies (:class:`TimeShiftTTA`, an argument rather than state set on the model);
+- :func:`aggregate_clips`: window probabilities -> clip probabilities (``mean``,
+  ``logit_mean``, ``max``, ``vote``);
+- :class:`Predictor`: a loaded model plus the checkpoint's window settings, for waveforms and
+  for files of any length, decoded block by block in a background thread (bounded memory) and
+  batched across files so the model always sees full batches.
+
+Nothing here imports a model family or a data set; the model is any module mapping waveforms
+``(B, T)`` to logits ``(B, C)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from audio_cls.data.segments import ShortClipPolicy, fit_length
+
+__all__ = [
+    "AGGREGATIONS",
+    "ClipPrediction",
+    "ClipResults",
+    "Predictor",
+    "TimeShiftTTA",
+    "WindowSettings",
+    "aggregate_clips",
+    "cut_windows",
+    "window_probs",
+]
+
+log = logging.getLogger(__name__)
+
+Aggregation = Literal["mean", "logit_mean", "max", "vote"]
+AGGREGATIONS: tuple[str, ...] = ("mean", "logit_mean", "max", "vote")
+
+
+@dataclass(frozen=True)
+class TimeShiftTTA:
+    """Test-time augmentation: average over circularly time-shifted copies of each window.
+
+    Attributes:
+        shifts: Copies per window, including the unshifted one when odd (1: off).
+        max_shift: Largest shift either way, as a fraction of the window.
+    """
+
+    shifts: int = 1
+    max_shift: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.shifts < 1 or not 0 <= self.max_shift < 1:
+            raise ValueError(
+                f"TTA needs shifts >= 1 and 0 <= max_shift < 1, got shifts={self.shifts}, "
+                f"max_shift={self.max_shift}"
+            )
+
+    def offsets(self, num_samples: int) -> list[int]:
+        """Shifts in samples for windows of ``num_samples``."""
+        if self.shifts <= 1:
+            return [0]
+        k = int(self.max_shift * num_samples)
+        return torch.linspace(-k, k, self.shifts).round().long().tolist()
+
+
+def window_probs(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    waveform: torch.Tensor,
+    tta: TimeShiftTTA | None = None,
+) -> torch.Tensor:
+    """Class probabilities ``(B, C)`` (float32) of windows ``(B, T)``, averaged over ``tta``."""
+    offsets = tta.offsets(waveform.shape[-1]) if tta is not None else [0]
+    probs = [
+        model(torch.roll(waveform, k, dims=-1) if k else waveform).float().softmax(-1)
+        for k in offsets
+    ]
+    return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+
+
+def aggregate_clips(
+    probs: torch.Tensor, clip_index: torch.Tensor, num_clips: int, method: Aggregation = "mean"
+) -> torch.Tensor:
+    """Clip probabilities ``(num_clips, C)`` from window probabilities ``(N, C)``.
+
+    ``mean`` averages probabilities; ``logit_mean`` averages log-probabilities (a geometric
+    mean, renormalised); ``max`` takes each class's largest window probability (renormalised);
+    ``vote`` counts window argmaxes. Clips without windows get all-zero rows.
+    """
+    num_classes = probs.shape[1]
+    counts = torch.bincount(clip_index, minlength=num_clips).clamp_min(1).unsqueeze(1).to(probs)
+    index = clip_index.unsqueeze(1).expand_as(probs)
+    zeros = probs.new_zeros(num_clips, num_classes)
+    if method == "mean":
+        return zeros.scatter_add(0, index, probs) / counts
+    if method == "logit_mean":
+        mean_log = zeros.scatter_add(0, index, probs.clamp_min(1e-8).log()) / counts
+        out = mean_log.softmax(-1)
+    elif method == "max":
+        out = zeros.scatter_reduce(0, index, probs, reduce="amax", include_self=False)
+        out = out / out.sum(1, keepdim=True).clamp_min(1e-12)
+    elif method == "vote":
+        votes = torch.nn.functional.one_hot(probs.argmax(1), num_classes).to(probs)
+        out = zeros.scatter_add(0, index, votes) / counts
+    else:
+        raise ValueError(f"unknown clip aggregation {method!r}; use {', '.join(AGGREGATIONS)}")
+    has_windows = torch.bincount(clip_index, minlength=num_clips) > 0
+    return out * has_windows.unsqueeze(1)
+
+
+@dataclass
+class ClipResults:
+    """Clip-level outcome of a set of clips, what the report writers take."""
+
+    clip_ids: list[str]
+    paths: list[str]
+    probs: torch.Tensor  # (num_clips, C)
+    targets: torch.Tensor  # (num_clips,), -1 where unlabelled
+    segment_probs: torch.Tensor  # (N, C), in window order
+    segment_clip_index: torch.Tensor  # (N,)
+    segment_starts: torch.Tensor  # (N,) start sample
+    metrics: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # clip id -> why it has no windows
+
+    @property
+    def covered(self) -> torch.Tensor:
+        """``(num_clips,)`` mask of the clips that have at least one window."""
+        return torch.bincount(self.segment_clip_index, minlength=len(self.clip_ids)) > 0
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How a model cuts audio: what a checkpoint records of its data module.
+
+    Attributes:
+        sample_rate: Rate of the waveform in Hz.
+        window_sec: Window length in seconds.
+        hop_sec: Hop between windows in seconds (None: half a window).
+        short_clip: Clips shorter than a window are zero-padded (``pad``) or tiled (``repeat``).
+    """
+
+    sample_rate: int
+    window_sec: float = 0.96
+    hop_sec: float | None = None
+    short_clip: ShortClipPolicy = "pad"
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any], sample_rate: int) -> WindowSettings:
+        """From a checkpoint's ``segments`` section (defaults where it has none)."""
+        seg = section.get("segments") or {}
+        return cls(
+            sample_rate,
+            seg.get("window_sec", 0.96),
+            seg.get("hop_sec"),
+            seg.get("short_clip", "pad"),
+        )
+
+    @property
+    def window(self) -> int:
+        return round(self.window_sec * self.sample_rate)
+
+    @property
+    def hop(self) -> int:
+        return round((self.hop_sec or self.window_sec / 2) * self.sample_rate)
+
+
+def cut_windows(
+    blocks: Iterable[np.ndarray], window: int, hop: int, short_clip: ShortClipPolicy = "pad"
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Windows of a signal that arrives in blocks: yields ``(starts (n,), windows (n, window))``.
+
+    The same windows as :func:`audio_cls.data.segments.window_starts` on the whole signal
+    (every ``hop`` samples, plus one ending at the signal's end when the tail is uncovered; a
+    signal shorter than a window gives one padded or tiled window), holding at most one window
+    plus one block in memory.
+    """
+    buf = np.zeros(0, dtype=np.float32)
+    buf_start = 0  # absolute index of buf[0]
+    next_start = 0
+    total = 0
+    last_start = -1
+    for block in blocks:
+        buf = np.concatenate([buf, block.astype(np.float32, copy=False)])
+        total += len(block)
+        starts = np.arange(next_start, total - window + 1, hop, dtype=np.int64)
+        if len(starts):
+            offs = starts - buf_start
+            yield starts, np.stack([buf[o : o + window] for o in offs])
+            last_start = int(starts[-1])
+            next_start = last_start + hop
+        keep_from = min(next_start, max(total - window, 0))
+        buf, buf_start = buf[keep_from - buf_start :], keep_from
+    if total == 0:
+        return
+    if last_start < 0:  # shorter than a window
+        yield np.zeros(1, dtype=np.int64), fit_length(buf, window, short_clip)[None]
+    elif last_start + window < total:
+        start = total - window
+        yield np.array([start], dtype=np.int64), buf[start - buf_start :][None, :window]
+
+
+@dataclass
+class ClipPrediction:
+    """One clip's prediction.
+
+    Attributes:
+        clip_id: The caller's name for the clip.
+        path: Its file, if it came from one.
+        probs: Clip probabilities ``(C,)`` (empty when ``error`` is set).
+        window_probs: Window probabilities ``(n, C)``.
+        starts: Window start samples ``(n,)``.
+        num_samples: Length of the decoded clip.
+        error: Why the clip could not be predicted (unreadable file, ...), else None.
+    """
+
+    clip_id: str
+    path: str
+    probs: torch.Tensor
+    window_probs: torch.Tensor
+    starts: torch.Tensor
+    num_samples: int = 0
+    error: str | None = None
+
+
+class _OpenClip:
+    def __init__(self, clip_id: str, path: str) -> None:
+        self.clip_id, self.path = clip_id, path
+        self.probs: list[torch.Tensor] = []
+        self.starts: list[np.ndarray] = []
+        self.pending = 0  # windows queued but not yet predicted
+        self.ended = False
+        self.num_samples = 0
+        self.error: str | None = None
+
+
+class Predictor:
+    """A model ready to classify audio: window settings, batching, TTA and aggregation.
+
+    Args:
+        model: Maps waveforms ``(B, T)`` at ``windows.sample_rate`` to logits ``(B, C)``.
+        windows: How clips are cut (from the checkpoint).
+        batch_size: Windows per forward pass.
+        tta: Time-shift TTA (None: off).
+        aggregation: Window -> clip aggregation.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
+        block_sec: Seconds decoded at a time from a file.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        windows: WindowSettings,
+        batch_size: int = 256,
+        tta: TimeShiftTTA | None = None,
+        aggregation: Aggregation = "mean",
+        device: str = "auto",
+        block_sec: float = 60.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}; use {', '.join(AGGREGATIONS)}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.windows = windows
+        self.batch_size = batch_size
+        self.tta = tta
+        self.aggregation = aggregation
+        self.block_sec = block_sec
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> tuple[Predictor, dict[str, Any]]:
+        """A predictor for an ``audio-cls fit`` checkpoint, and the checkpoint's section."""
+        from audio_cls.models.base import load_classifier  # models sit beside, not below
+
+        model, section = load_classifier(path)
+        return cls(
+            model, WindowSettings.from_section(section, model.sample_rate), **kwargs
+        ), section
+
+    @torch.inference_mode()
+    def predict_windows(self, windows: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Probabilities ``(N, C)`` of windows ``(N, window)``, in batches."""
+        x = torch.as_tensor(windows)
+        out = [
+            window_probs(self.model, batch.to(self.device), self.tta).cpu()
+            for batch in x.split(self.batch_size)
+        ]
+        return torch.cat(out) if out else torch.zeros(0, 0)
+
+    def predict_waveform(self, waveform: np.ndarray, clip_id: str = "") -> ClipPrediction:
+        """One clip's prediction from a mono waveform at the model's rate."""
+        w = self.windows
+        parts = list(cut_windows([np.asarray(waveform, np.float32)], w.window, w.hop, w.short_clip))
+        if not parts:
+            return self._failed(clip_id, "", "holds no audio samples")
+        starts = np.concatenate([s for s, _ in parts])
+        probs = self.predict_windows(np.concatenate([x for _, x in parts]))
+        return self._finish(clip_id, "", probs, torch.from_numpy(starts), len(waveform))
+
+    def predict_files(
+        self,
+        files: Iterable[tuple[str, str | Path]],
+        decode: Callable[[Path, int, float], Iterable[np.ndarray]] | None = None,
+        prefetch_blocks: int = 8,
+    ) -> Iterator[ClipPrediction]:
+        """Predictions of ``(clip_id, path)`` files, in order; an unreadable file yields one
+        with ``error`` set instead of stopping the others.
+
+        Files are decoded block by block (``decode(path, sample_rate, block_sec)``, by default
+        :func:`audio_cls.io.iter_audio`) in a background thread while the model runs, and
+        windows of consecutive files share batches.
+        """
+        if decode is None:
+            from audio_cls.io import iter_audio
+
+            decode = iter_audio
+        items: queue.Queue = queue.Queue(maxsize=max(prefetch_blocks, 1))
+        stop = threading.Event()
+
+        def produce() -> None:
+            w = self.windows
+            try:
+                for clip_id, path in files:
+                    if stop.is_set():
+                        return
+                    items.put(("open", clip_id, str(path)))
+                    total = 0
+                    try:
+
+                        def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+                            nonlocal total
+                            for block in blocks:
+                                total += len(block)
+                                yield block
+
+                        blocks = counted(decode(Path(path), w.sample_rate, self.block_sec))
+                        for starts, x in cut_windows(blocks, w.window, w.hop, w.short_clip):
+                            items.put(("windows", starts, x))
+                        error = None if total else "holds no audio samples"
+                    except Exception as err:  # one bad file must not cost the others
+                        error = str(err)
+                    items.put(("end", total, error))
+            finally:
+                items.put(None)
+
+        producer = threading.Thread(target=produce, name="audio-cls-decode", daemon=True)
+        producer.start()
+        clips: OrderedDict[int, _OpenClip] = OrderedDict()
+        batch: list[tuple[int, int, np.ndarray]] = []  # (clip key, offset in block, windows)
+        queued = 0
+        key = -1
+        try:
+            while (item := items.get()) is not None:
+                kind = item[0]
+                if kind == "open":
+                    key += 1
+                    clips[key] = _OpenClip(item[1], item[2])
+                elif kind == "windows":
+                    clip = clips[key]
+                    clip.starts.append(item[1])
+                    clip.pending += len(item[1])
+                    batch.append((key, 0, item[2]))
+                    queued += len(item[1])
+                    if queued >= self.batch_size:
+                        queued = self._run(batch, clips, full_only=True)
+                else:
+                    clip = clips[key]
+                    clip.ended, clip.num_samples, clip.error = True, item[1], item[2]
+                yield from self._ready(clips)
+            self._run(batch, clips, full_only=False)
+            yield from self._ready(clips)
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    items.get_nowait()
+                except queue.Empty:
+                    producer.join(timeout=0.05)
+
+    def _run(
+        self, batch: list[tuple[int, int, np.ndarray]], clips: dict[int, _OpenClip], full_only: bool
+    ) -> int:
+        """Predict queued windows in batches (only whole batches with ``full_only``); returns
+        how many windows stay queued."""
+        while batch:
+            total = sum(len(x) - off for _, off, x in batch)
+            if full_only and total < self.batch_size:
+                return total
+            take, parts, owners = self.batch_size, [], []
+            while batch and take:
+                k, off, x = batch[0]
+                n = min(take, len(x) - off)
+                parts.append(x[off : off + n])
+                owners.append((k, n))
+                take -= n
+                if off + n == len(x):
+                    batch.pop(0)
+                else:
+                    batch[0] = (k, off + n, x)
+            probs = self.predict_windows(np.concatenate(parts))
+            i = 0
+            for k, n in owners:
+                clips[k].probs.append(probs[i : i + n])
+                clips[k].pending -= n
+                i += n
+        return 0
+
+    def _ready(self, clips: OrderedDict[int, _OpenClip]) -> Iterator[ClipPrediction]:
+        """Finished clips at the front of the queue, in input order."""
+        while clips:
+            k, clip = next(iter(clips.items()))
+            if not clip.ended or clip.pending:
+                return
+            del clips[k]
+            if clip.error is not None:
+                yield self._failed(clip.clip_id, clip.path, clip.error)
+                continue
+            probs = torch.cat(clip.probs)
+            starts = torch.from_numpy(np.concatenate(clip.starts))
+            yield self._finish(clip.clip_id, clip.path, probs, starts, clip.num_samples)
+
+    def _finish(
+        self, clip_id: str, path: str, probs: torch.Tensor, starts: torch.Tensor, n: int
+    ) -> ClipPrediction:
+        index = torch.zeros(len(probs), dtype=torch.long)
+        clip_probs = aggregate_clips(probs, index, 1, self.aggregation)[0]
+        return ClipPrediction(clip_id, path, clip_probs, probs, starts, n)
+
+    @staticmethod
+    def _failed(clip_id: str, path: str, reason: str) -> ClipPrediction:
+        empty = torch.zeros(0)
+        return ClipPrediction(clip_id, path, empty, empty, empty.long(), 0, reason)
+
+
+def collect(
+    predictions: Sequence[ClipPrediction], num_classes: int, targets: Sequence[int] | None = None
+) -> ClipResults:
+    """Clip predictions -> :class:`ClipResults` for the report writers."""
+    good = [p for p in predictions if p.error is None]
+    probs = torch.zeros(len(predictions), num_classes)
+    seg_probs, seg_index, seg_starts = [], [], []
+    for i, p in enumerate(predictions):
+        if p.error is None:
+            probs[i] = p.probs
+            seg_probs.append(p.window_probs)
+            seg_index.append(torch.full((len(p.window_probs),), i, dtype=torch.long))
+            seg_starts.append(p.starts)
+    return ClipResults(
+        clip_ids=[p.clip_id for p in predictions],
+        paths=[p.path for p in predictions],
+        probs=probs,
+        targets=torch.tensor(list(targets) if targets is not None else [-1] * len(predictions)),
+        segment_probs=torch.cat(seg_probs) if good else torch.zeros(0, num_classes),
+        segment_clip_index=torch.cat(seg_index) if good else torch.zeros(0, dtype=torch.long),
+        segment_starts=torch.cat(seg_starts) if good else torch.zeros(0, dtype=torch.long),
+        errors={p.clip_id: p.error for p in predictions if p.error is not None},
+    )

@@ -12,11 +12,12 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q -c co
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv and install audio-cls with the tested pins (no-op when up to date)
+install: $(STAMP) ## Create .venv and install audio-cls, every extra but cuda, with the tested pins
 
+# Every extra but `cuda` (it needs nvcc), so the tests of each optional feature run everywhere.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev,all]'
 	@touch $@
 
 demo: install ## Train, test and predict on the embedded synthetic set (no download)

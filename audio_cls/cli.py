@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from audio_cls.commands import VERBS, UsageError, run_function_verb
+from audio_cls.commands import VERBS, UsageError, normalise_dashes, run_function_verb
 
 __all__ = ["main"]
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     With ``argv`` given (tests, notebooks) errors propagate as exceptions.
     """
     from audio_cls.data.sources.base import ManifestError
+    from audio_cls.extras import MissingExtraError
     from audio_cls.io import AudioLoadError
     from audio_cls.models.base import CheckpointMismatchError
     from audio_cls.nn.weights import PretrainedWeightsError
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         AudioLoadError,
         CheckpointMismatchError,
         PretrainedWeightsError,
+        MissingExtraError,
         UsageError,
     ) as err:
         if os.environ.get("AUDIO_CLS_TRACEBACK") or argv is not None:
@@ -68,6 +70,7 @@ def _dispatch(argv: list[str]) -> None:
         print(f"audio-cls: unknown verb {name!r}\n", file=sys.stderr)
         _print_help()
         sys.exit(2)
+    argv = normalise_dashes(argv)
     if verb.function is None:
         verb.load()(argv if verb.module == "lightning" else argv[1:])
     else:

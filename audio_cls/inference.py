@@ -234,6 +234,42 @@ class ClipPrediction:
     error: str | None = None
 
 
+def _counted(blocks: Iterable[np.ndarray], counter: list[int]) -> Iterator[np.ndarray]:
+    """Pass blocks through, adding their lengths to ``counter[0]``."""
+    for block in blocks:
+        counter[0] += len(block)
+        yield block
+
+
+def _in_background(items: Iterator[Any], depth: int = 8) -> Iterator[Any]:
+    """Run ``items`` in a thread, ``depth`` items ahead of the consumer."""
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+        finally:
+            buffer.put(done)
+
+    thread = threading.Thread(target=produce, name="audio-cls-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
 class _OpenClip:
     def __init__(self, clip_id: str, path: str) -> None:
         self.clip_id, self.path = clip_id, path
@@ -282,16 +318,6 @@ class Predictor:
         self.aggregation = aggregation
         self.block_sec = block_sec
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> tuple[Predictor, dict[str, Any]]:
-        """A predictor for an ``audio-cls fit`` checkpoint, and the checkpoint's section."""
-        from audio_cls.models.base import load_classifier  # models sit beside, not below
-
-        model, section = load_classifier(path)
-        return cls(
-            model, WindowSettings.from_section(section, model.sample_rate), **kwargs
-        ), section
-
     @torch.inference_mode()
     def predict_windows(self, windows: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Probabilities ``(N, C)`` of windows ``(N, window)``, in batches."""
@@ -316,81 +342,67 @@ class Predictor:
         self,
         files: Iterable[tuple[str, str | Path]],
         decode: Callable[[Path, int, float], Iterable[np.ndarray]] | None = None,
-        prefetch_blocks: int = 8,
+        background: bool | None = None,
     ) -> Iterator[ClipPrediction]:
         """Predictions of ``(clip_id, path)`` files, in order; an unreadable file yields one
         with ``error`` set instead of stopping the others.
 
         Files are decoded block by block (``decode(path, sample_rate, block_sec)``, by default
-        :func:`audio_cls.io.iter_audio`) in a background thread while the model runs, and
-        windows of consecutive files share batches.
+        :func:`audio_cls.io.iter_audio`), and windows of consecutive files share batches.
+        With ``background`` (default: when the model runs on a GPU) decoding runs in a thread
+        while the model computes; on a CPU the model's own threads already fill the cores,
+        and a decoding thread beside them only makes both wait for each other.
         """
         if decode is None:
             from audio_cls.io import iter_audio
 
             decode = iter_audio
-        items: queue.Queue = queue.Queue(maxsize=max(prefetch_blocks, 1))
-        stop = threading.Event()
-
-        def produce() -> None:
-            w = self.windows
-            try:
-                for clip_id, path in files:
-                    if stop.is_set():
-                        return
-                    items.put(("open", clip_id, str(path)))
-                    total = 0
-                    try:
-
-                        def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-                            nonlocal total
-                            for block in blocks:
-                                total += len(block)
-                                yield block
-
-                        blocks = counted(decode(Path(path), w.sample_rate, self.block_sec))
-                        for starts, x in cut_windows(blocks, w.window, w.hop, w.short_clip):
-                            items.put(("windows", starts, x))
-                        error = None if total else "holds no audio samples"
-                    except Exception as err:  # one bad file must not cost the others
-                        error = str(err)
-                    items.put(("end", total, error))
-            finally:
-                items.put(None)
-
-        producer = threading.Thread(target=produce, name="audio-cls-decode", daemon=True)
-        producer.start()
+        items = self._decoded(files, decode)
+        if background if background is not None else self.device.type != "cpu":
+            items = _in_background(items)
         clips: OrderedDict[int, _OpenClip] = OrderedDict()
         batch: list[tuple[int, int, np.ndarray]] = []  # (clip key, offset in block, windows)
         queued = 0
         key = -1
-        try:
-            while (item := items.get()) is not None:
-                kind = item[0]
-                if kind == "open":
-                    key += 1
-                    clips[key] = _OpenClip(item[1], item[2])
-                elif kind == "windows":
-                    clip = clips[key]
-                    clip.starts.append(item[1])
-                    clip.pending += len(item[1])
-                    batch.append((key, 0, item[2]))
-                    queued += len(item[1])
-                    if queued >= self.batch_size:
-                        queued = self._run(batch, clips, full_only=True)
-                else:
-                    clip = clips[key]
-                    clip.ended, clip.num_samples, clip.error = True, item[1], item[2]
-                yield from self._ready(clips)
-            self._run(batch, clips, full_only=False)
+        for item in items:
+            kind = item[0]
+            if kind == "open":
+                key += 1
+                clips[key] = _OpenClip(item[1], item[2])
+            elif kind == "windows":
+                clip = clips[key]
+                clip.starts.append(item[1])
+                clip.pending += len(item[1])
+                batch.append((key, 0, item[2]))
+                queued += len(item[1])
+                if queued >= self.batch_size:
+                    queued = self._run(batch, clips, full_only=True)
+            else:
+                clip = clips[key]
+                clip.ended, clip.num_samples, clip.error = True, item[1], item[2]
             yield from self._ready(clips)
-        finally:
-            stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    items.get_nowait()
-                except queue.Empty:
-                    producer.join(timeout=0.05)
+        self._run(batch, clips, full_only=False)
+        yield from self._ready(clips)
+
+    def _decoded(
+        self,
+        files: Iterable[tuple[str, str | Path]],
+        decode: Callable[[Path, int, float], Iterable[np.ndarray]],
+    ) -> Iterator[tuple]:
+        """``("open", id, path)``, ``("windows", starts, windows)``..., ``("end", n, error)``
+        per file."""
+        w = self.windows
+        for clip_id, path in files:
+            yield ("open", clip_id, str(path))
+            counter = [0]
+            try:
+                blocks = _counted(decode(Path(path), w.sample_rate, self.block_sec), counter)
+                for block_starts, x in cut_windows(blocks, w.window, w.hop, w.short_clip):
+                    yield ("windows", block_starts, x)
+                error = None if counter[0] else "holds no audio samples"
+            except Exception as err:  # one bad file must not cost the others
+                error = str(err)
+            yield ("end", counter[0], error)
 
     def _run(
         self, batch: list[tuple[int, int, np.ndarray]], clips: dict[int, _OpenClip], full_only: bool

@@ -2,8 +2,9 @@
 
     python bench/inference_throughput.py --root path/to/ESC-50-layout [--threads 2]
 
-End to end: ``audio_cls.classify.classify`` on every clip, nothing cached (decode, segment,
-batch, front end + model, clip aggregation). Model only: the same model's forward over the
+End to end: ``audio-cls classify``'s path (``audio_cls.commands.classify.predict_inputs``) on
+the audio folder, nothing cached: the inference core decodes in a background thread, windows,
+batches across files, runs front end + model and aggregates per clip; no Trainer. Model only: the same model's forward over the
 same segments already stacked in memory, in the same batch size. Both report segments/s
 (median of --repeats) and their ratio. Weights are random: throughput does not depend on them.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from audio_cls.classify import classify
+from audio_cls.commands.classify import predict_inputs
 from audio_cls.data.cache import WaveformCache
 from audio_cls.data.segments import fit_length, window_starts
 from audio_cls.data.sources import ESC50
@@ -53,11 +54,8 @@ def main() -> None:
         end_to_end, n_segments = [], 0
         for i in range(args.repeats + 1):  # the first run warms up allocators and imports
             t = time.perf_counter()
-            results, _, _ = classify(
-                ckpt,
-                [str(root / "audio")],
-                batch_size=args.batch_size,
-                accelerator="cpu",
+            results, _, _ = predict_inputs(
+                ckpt, [str(root / "audio")], batch_size=args.batch_size, device="cpu"
             )
             if i:
                 end_to_end.append(len(results.segment_probs) / (time.perf_counter() - t))

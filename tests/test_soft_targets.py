@@ -259,7 +259,7 @@ def test_train_batch_carries_the_soft_vectors(tmp_path, write_tone):
     dm = _dm(root, train_folds=[1, 2], val_folds=[], test_folds=[3], batch_size=6)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))  # one window per clip: all six train clips
-    clips = dm.clips("train")
+    clips = dm.segments("train").clips
     ids = [clips[i].clip_id for i in batch["clip_index"].tolist()]
     assert sorted(ids) == ["h1", "h2", "s1", "s2", "s3", "s4"]
     assert batch["soft"].dtype == torch.float32 and batch["soft"].shape == (6, 3)
@@ -269,7 +269,7 @@ def test_train_batch_carries_the_soft_vectors(tmp_path, write_tone):
 
     dm.setup("test")  # evaluation batches carry it too
     test_batch = next(iter(dm.test_dataloader()))
-    test_ids = [dm.clips("test")[i].clip_id for i in test_batch["clip_index"].tolist()]
+    test_ids = [dm.segments("test").clips[i].clip_id for i in test_batch["clip_index"].tolist()]
     want = torch.tensor([expected[i] for i in test_ids], dtype=torch.float32)
     assert torch.equal(test_batch["soft"], want)
 

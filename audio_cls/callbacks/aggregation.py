@@ -70,7 +70,7 @@ class ClipAggregation(L.Callback):
         outputs = self._outputs.pop(stage, [])
         if trainer.sanity_checking:
             return
-        segments = trainer.datamodule.splits[stage]
+        segments = trainer.datamodule.segments(stage)
         num_classes = pl_module.num_classes
         if outputs:
             probs = torch.cat([o["probs"] for o in outputs]).float()

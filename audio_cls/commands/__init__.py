@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VERBS", "UsageError", "Verb", "run_function_verb"]
+__all__ = ["VERBS", "UsageError", "Verb", "normalise_dashes", "run_function_verb"]
 
 
 class UsageError(ValueError):
@@ -63,7 +63,7 @@ VERBS: dict[str, Verb] = {
 }
 
 
-def _normalise(argv: list[str]) -> list[str]:
+def normalise_dashes(argv: list[str]) -> list[str]:
     """``--top-k 3`` -> ``--top_k 3``: option names accept dashes for underscores."""
     out = []
     for token in argv:
@@ -106,7 +106,6 @@ def run_function_verb(name: str, verb: Verb, argv: list[str]) -> Any:
     parser = ArgumentParser(prog=f"audio-cls {name}", description=doc.split("\n\nArgs:")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="A YAML of this verb's options.")
     parser.add_function_arguments(function, fail_untyped=True)
-    argv = _normalise(argv)
     if verb.positional:
         flags = {
             p.name

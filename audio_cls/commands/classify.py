@@ -23,8 +23,10 @@ from audio_cls.inference import (
     ClipResults,
     Predictor,
     TimeShiftTTA,
+    WindowSettings,
     collect,
 )
+from audio_cls.models import load_classifier
 from audio_cls.reports import write_predictions, write_timeline
 
 __all__ = ["classify", "predict_inputs"]
@@ -43,14 +45,16 @@ def predict_inputs(
     """Predict every clip in ``inputs``; returns clip results, class names and the predictor."""
     from audio_cls.data.sources.files import AudioFiles
 
-    predictor, _ = Predictor.from_checkpoint(
-        ckpt,
+    model, section = load_classifier(ckpt)
+    predictor = Predictor(
+        model,
+        WindowSettings.from_section(section, model.sample_rate),
         batch_size=batch_size,
         tta=TimeShiftTTA(tta, tta_max_shift),
         aggregation=aggregation,
         device=device,
     )
-    names = list(predictor.model.class_names)
+    names = list(model.class_names)
     clips = AudioFiles(inputs, class_names=names).manifest(Path(".")).clips[:limit]
     predictions: list[ClipPrediction] = list(
         predictor.predict_files((c.clip_id, c.path) for c in clips)

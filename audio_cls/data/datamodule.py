@@ -10,7 +10,6 @@ training batches under mixup. ``target`` stays the hard label (the argmax for so
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -387,6 +386,7 @@ class AudioDataModule(L.LightningDataModule):
             )
         return batch
 
-    def clips(self, split: str) -> Sequence[Clip]:
-        """The clips of a prepared split, indexed by the batches' ``clip_index``."""
-        return self.splits[split].clips
+    def segments(self, split: str) -> SegmentSet:
+        """The clips and windows of a prepared split: what batches' ``clip_index`` and
+        ``segment_index`` point into (the clip-aggregation callback reads it)."""
+        return self.splits[split]

@@ -24,6 +24,7 @@ passes ``**kwargs`` on to ``super().__init__``; they join the composed signature
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
@@ -405,6 +406,8 @@ class AudioClassifier(L.LightningModule):
             "format_version": CHECKPOINT_FORMAT,
             "model": self.registry_name,
             "frontend": self.frontend.settings.to_dict(),
+            # what the backbone sees: for readers of checkpoints (server info, exporters)
+            "features": dataclasses.asdict(self.frontend.output),
             "class_names": self.class_names,
         }
 

@@ -32,7 +32,6 @@ __all__ = [
     "FeatureShape",
     "Frontend",
     "FrontendSettings",
-    "LogMel",
     "LogMelFrontend",
     "LogMelSettings",
     "WaveformFrontend",
@@ -120,76 +119,6 @@ class Frontend(nn.Module):
         """Frames produced for ``num_samples`` of waveform."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
-        """Settings and output shape, for checkpoints, ``/info`` and export metadata."""
-        return {**self.settings.contract(), **dataclasses.asdict(self.output)}
-
-
-class LogMel(nn.Module):
-    """Log-compressed mel spectrogram: ``(..., time)`` -> ``(..., n_mels, frames)``.
-
-    Args:
-        sample_rate: Rate of the incoming waveform in Hz.
-        n_mels: Mel bins.
-        n_fft: FFT size; must cover the window.
-        win_ms: Analysis window length in milliseconds.
-        hop_ms: Hop between frames in milliseconds.
-        f_min: Lowest mel filter edge in Hz.
-        f_max: Highest mel filter edge in Hz (None: Nyquist).
-        eps: Floor added before the log, so digital silence stays finite.
-    """
-
-    def __init__(
-        self,
-        sample_rate: int = 16000,
-        n_mels: int = 64,
-        n_fft: int = 512,
-        win_ms: float = 25.0,
-        hop_ms: float = 10.0,
-        f_min: float = 20.0,
-        f_max: float | None = None,
-        eps: float = 1e-6,
-    ) -> None:
-        super().__init__()
-        win_length = round(sample_rate * win_ms / 1000)
-        hop_length = round(sample_rate * hop_ms / 1000)
-        if sample_rate <= 0 or n_mels <= 0 or hop_length <= 0:
-            raise ValueError(
-                f"LogMel needs positive sample_rate, n_mels and hop_ms; got "
-                f"sample_rate={sample_rate}, n_mels={n_mels}, hop_ms={hop_ms}"
-            )
-        if win_length > n_fft:
-            raise ValueError(
-                f"LogMel: a {win_ms} ms window is {win_length} samples at {sample_rate} Hz, "
-                f"more than n_fft={n_fft}; raise --model.frontend.n_fft or shorten win_ms"
-            )
-        if f_max is not None and f_max > sample_rate / 2:
-            raise ValueError(f"LogMel: f_max={f_max} is above Nyquist ({sample_rate / 2} Hz)")
-        self.n_mels = n_mels
-        self.hop_length = hop_length
-        self.eps = eps
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            win_length=win_length,
-            hop_length=hop_length,
-            f_min=f_min,
-            f_max=f_max,
-            n_mels=n_mels,
-            power=2.0,
-            mel_scale="slaney",
-            norm="slaney",
-        )
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames produced for a waveform of ``num_samples`` (centred STFT)."""
-        return num_samples // self.hop_length + 1
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        # fp32 even under autocast: the power spectrum spans ~100 dB
-        with torch.autocast(device_type=waveform.device.type, enabled=False):
-            return torch.log(self.mel(waveform.float()) + self.eps)
-
 
 @dataclass(frozen=True)
 class LogMelSettings(FrontendSettings):
@@ -230,31 +159,66 @@ class LogMelSettings(FrontendSettings):
 class LogMelFrontend(Frontend):
     """Waveform ``(B, T)`` -> normalised log-mel ``(B, n_mels, frames)``; SpecAugment in training.
 
+    Power mel spectrogram (centred STFT, Slaney mel scale and area normalisation), ``log(mel +
+    1e-6)`` so that digital silence stays finite, then the per-bin normalisation.
+
     Args:
-        settings: Its settings, ``sample_rate`` filled in.
+        settings: Its settings, ``sample_rate`` and ``n_fft`` filled in.
     """
 
     def __init__(self, settings: LogMelSettings) -> None:
         super().__init__()
         s = self.settings = settings
-        self.logmel = LogMel(
-            int(s.sample_rate), s.n_mels, s.n_fft, s.win_ms, s.hop_ms, s.f_min, s.f_max
+        rate = int(s.sample_rate)
+        win_length = round(rate * s.win_ms / 1000)
+        self.hop_length = round(rate * s.hop_ms / 1000)
+        if s.n_mels <= 0 or self.hop_length <= 0 or win_length <= 0:
+            raise ValueError(
+                f"the log-mel front end needs positive n_mels, win_ms and hop_ms; got "
+                f"n_mels={s.n_mels}, win_ms={s.win_ms}, hop_ms={s.hop_ms}"
+            )
+        if win_length > s.n_fft:
+            raise ValueError(
+                f"a {s.win_ms} ms window is {win_length} samples at {rate} Hz, more than "
+                f"n_fft={s.n_fft}: raise --model.frontend.n_fft (or leave it unset to follow "
+                f"the window) or shorten --model.frontend.win_ms"
+            )
+        if s.f_max is not None and s.f_max > rate / 2:
+            raise ValueError(
+                f"--model.frontend.f_max {s.f_max} is above the Nyquist frequency of "
+                f"{rate} Hz audio ({rate / 2} Hz)"
+            )
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=rate,
+            n_fft=s.n_fft,
+            win_length=win_length,
+            hop_length=self.hop_length,
+            f_min=s.f_min,
+            f_max=s.f_max,
+            n_mels=s.n_mels,
+            power=2.0,
+            mel_scale="slaney",
+            norm="slaney",
         )
         self.norm = nn.BatchNorm1d(s.n_mels) if s.normalize else nn.Identity()
         self.spec_augment = SpecAugment(s.freq_mask, s.time_mask)
 
     @property
     def output(self) -> FeatureShape:
-        return FeatureShape(
-            self.settings.n_mels, self.sample_rate / self.logmel.hop_length, "log-mel"
-        )
+        return FeatureShape(self.settings.n_mels, self.sample_rate / self.hop_length, "log-mel")
 
     def num_frames(self, num_samples: int) -> int:
-        return self.logmel.num_frames(num_samples)
+        return num_samples // self.hop_length + 1
+
+    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(..., time) -> (..., n_mels, frames)`` log-mel energies, before normalisation."""
+        # fp32 even under autocast: the power spectrum spans ~100 dB
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            return torch.log(self.mel(waveform.float()) + 1e-6)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            x = self.norm(self.logmel(waveform))
+            x = self.norm(self.log_mel(waveform))
         return self.spec_augment(x)
 
 

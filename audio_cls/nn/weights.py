@@ -31,6 +31,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from audio_cls.extras import require
+
 __all__ = [
     "LoadReport",
     "PretrainedWeightsError",
@@ -375,13 +377,7 @@ def _read_npy(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_h5(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        import h5py
-    except ImportError as err:
-        raise PretrainedWeightsError(
-            f"{path}: cannot read HDF5 weights: h5py is not installed: "
-            "pip install 'audio-cls[weights]'"
-        ) from err
+    h5py = require("h5py", "weights", f"reading the HDF5 weights {path}")
     arrays: dict[str, Any] = {}
 
     def collect(name: str, obj: Any) -> None:

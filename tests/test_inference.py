@@ -1,0 +1,127 @@
+"""The inference core: streaming windows, batching across files, bad files, TTA, aggregation."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audio_cls.data.segments import fit_length, window_starts
+from audio_cls.inference import (
+    Predictor,
+    TimeShiftTTA,
+    WindowSettings,
+    aggregate_clips,
+    collect,
+    cut_windows,
+)
+from audio_cls.models import create_model
+
+SR = 16000
+
+
+def blocks_of(x: np.ndarray, size: int):
+    for i in range(0, len(x), size):
+        yield x[i : i + size]
+
+
+@pytest.mark.parametrize("n", [1, 100, 15359, 15360, 15361, 40000, 123457])
+@pytest.mark.parametrize("block", [1000, 7680, 50000])
+def test_cut_windows_matches_whole_signal_windows(n, block):
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    window, hop = 15360, 7680
+    parts = list(cut_windows(blocks_of(x, block), window, hop))
+    starts = np.concatenate([s for s, _ in parts])
+    windows = np.concatenate([w for _, w in parts])
+    expected = window_starts(n, window, hop)
+    assert starts.tolist() == expected.tolist()
+    for s, w in zip(starts, windows):
+        assert np.array_equal(w, fit_length(x[s : s + window], window))
+
+
+def test_cut_windows_of_nothing_yields_nothing():
+    assert list(cut_windows(iter([]), 10, 5)) == []
+
+
+def test_aggregation_methods():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    index = torch.tensor([0, 0, 1])
+    mean = aggregate_clips(probs, index, 3, "mean")
+    assert torch.allclose(mean[0], torch.tensor([0.55, 0.45])) and mean[2].sum() == 0
+    vote = aggregate_clips(probs, index, 2, "vote")
+    assert torch.allclose(vote[0], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(aggregate_clips(probs, index, 2, "max")[1], torch.tensor([0.6, 0.4]))
+    with pytest.raises(ValueError, match="unknown clip aggregation"):
+        aggregate_clips(probs, index, 2, "median")
+
+
+def test_tta_settings_are_checked():
+    assert TimeShiftTTA(1).offsets(100) == [0]
+    assert TimeShiftTTA(3, 0.1).offsets(100) == [-10, 0, 10]
+    with pytest.raises(ValueError, match="shifts >= 1"):
+        TimeShiftTTA(0)
+
+
+@pytest.fixture
+def predictor():
+    torch.manual_seed(0)
+    model = create_model("mel_cnn", 3, channels=[4, 8, 8], sample_rate=SR)
+    return Predictor(model, WindowSettings(SR, 0.5, 0.25), batch_size=7)
+
+
+def _write(path, seconds, seed):
+    x = 0.1 * np.random.default_rng(seed).standard_normal(int(SR * seconds))
+    sf.write(path, x.astype(np.float32), SR)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_files_equal_waveforms_and_batches_span_files(predictor, tmp_path, background):
+    lengths = [0.3, 1.7, 2.0, 0.9]
+    waves = [_write(tmp_path / f"{i}.wav", s, i) for i, s in enumerate(lengths)]
+    files = [(f"clip{i}", tmp_path / f"{i}.wav") for i in range(len(waves))]
+    from_files = list(predictor.predict_files(files, background=background))
+    assert [p.clip_id for p in from_files] == ["clip0", "clip1", "clip2", "clip3"]
+    for wave, pred in zip(waves, from_files):
+        alone = predictor.predict_waveform(wave)
+        assert pred.error is None and pred.num_samples == len(wave)
+        assert torch.equal(pred.starts, alone.starts)
+        torch.testing.assert_close(pred.window_probs, alone.window_probs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(pred.probs, alone.probs, atol=1e-5, rtol=0)
+
+
+def test_long_file_is_decoded_in_blocks(predictor, tmp_path):
+    wave = _write(tmp_path / "long.wav", 30.0, 1)
+    seen = []
+
+    def decode(path, sample_rate, block_sec):
+        from audio_cls.io import iter_audio
+
+        for block in iter_audio(path, sample_rate, 2.0):
+            seen.append(len(block))
+            yield block
+
+    (pred,) = predictor.predict_files([("long", tmp_path / "long.wav")], decode=decode)
+    assert max(seen) <= 2 * SR and sum(seen) == len(wave)
+    assert len(pred.starts) == len(window_starts(len(wave), 8000, 4000))
+
+
+def test_bad_file_is_reported_and_the_others_predicted(predictor, tmp_path):
+    _write(tmp_path / "good.wav", 1.0, 0)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not really")
+    _write(tmp_path / "good2.wav", 1.0, 1)
+    files = [(n, tmp_path / f"{n}.wav") for n in ("good", "bad", "good2")]
+    preds = list(predictor.predict_files(files, background=True))
+    assert [p.error is None for p in preds] == [True, False, True]
+    assert "bad.wav" in preds[1].error
+    results = collect(preds, 3)
+    assert results.errors == {"bad": preds[1].error}
+    assert results.covered.tolist() == [True, False, True]
+
+
+def test_predictor_tta_changes_probabilities(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mel_cnn", 3, channels=[4, 8, 8], sample_rate=SR)
+    wave = _write(tmp_path / "x.wav", 1.0, 3)
+    plain = Predictor(model, WindowSettings(SR, 0.5)).predict_waveform(wave)
+    tta = Predictor(model, WindowSettings(SR, 0.5), tta=TimeShiftTTA(3)).predict_waveform(wave)
+    assert not torch.allclose(plain.probs, tta.probs)

@@ -10,6 +10,7 @@ import torch
 from audio_cls.inference import TimeShiftTTA
 from audio_cls.models import create_model, get_model_entry, list_models, load_classifier
 from audio_cls.models.base import CKPT_KEY, AudioClassifier, CheckpointMismatchError
+from audio_cls.nn.cnn import MelCNNBackbone
 from audio_cls.nn.frontends import Frontend, LogMelSettings, WaveformSettings
 from audio_cls.nn.optim import param_groups
 
@@ -204,7 +205,9 @@ def test_class_names_must_match_count():
 
 
 def test_unknown_backbone_option_names_it():
-    with pytest.raises(ValueError, match="d_modle"):
+    with pytest.raises(
+        TypeError, match="MambaClassifier: got an unexpected keyword argument 'd_modle'"
+    ):
         tiny("mamba", d_modle=8)
 
 
@@ -275,3 +278,39 @@ def test_tta_is_an_argument_averaging_rolled_copies():
     assert torch.allclose(shifted, expected, atol=1e-6)
     assert not torch.allclose(plain, shifted)
     assert torch.equal(model.predict_proba(wave), plain), "no state left behind"
+
+
+class _WithOwnOption(AudioClassifier):
+    """A family with an option of its own beside its backbone's."""
+
+    backbone_cls = MelCNNBackbone
+
+    def __init__(self, num_classes: int, logit_scale: float = 1.0, **kwargs) -> None:
+        """Scaled logits.
+
+        Args:
+            logit_scale: Factor on the logits.
+        """
+        super().__init__(num_classes, **kwargs)
+        self.logit_scale = logit_scale
+
+    def forward_head(self, features, pre_logits=False):
+        out = super().forward_head(features, pre_logits)
+        return out if pre_logits else out * self.logit_scale
+
+
+def test_a_family_option_joins_the_composed_signature_and_hparams():
+    params = inspect.signature(_WithOwnOption.__init__).parameters
+    assert list(params)[:6] == [
+        "self",
+        "num_classes",
+        "class_names",
+        "sample_rate",
+        "frontend",
+        "logit_scale",
+    ]
+    assert "channels" in params and "lr" in params
+    assert "logit_scale: Factor on the logits." in _WithOwnOption.__init__.__doc__
+    model = _WithOwnOption(num_classes=3, logit_scale=2.0, channels=[4, 8, 8])
+    assert model.logit_scale == 2.0 and model.hparams["logit_scale"] == 2.0
+    assert model.hparams["channels"] == [4, 8, 8] and model.hparams["frontend"]["n_mels"] == 64

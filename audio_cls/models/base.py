@@ -161,19 +161,13 @@ class AudioClassifier(L.LightningModule):
                 f"class_names has {len(class_names)} names but num_classes is {num_classes}"
             )
         settings = self._frontend_settings(frontend)
-        # saved as plain values: checkpoints are read with weights_only=True
-        frontend = settings.to_dict()
         pooling = pooling or cls.default_pooling
-        self.save_hyperparameters()
         self.num_classes = num_classes
         self.class_names = (
             list(class_names) if class_names else [str(i) for i in range(num_classes)]
         )
         self.frontend = settings.build(settings.resolve_rate(sample_rate))
-        try:
-            self.backbone = cls.backbone_cls(self.frontend.output.channels, **backbone_options)
-        except TypeError as err:  # an option the backbone does not take
-            raise ValueError(f"{cls.__name__}: {err}") from None
+        self.backbone = cls.backbone_cls(self.frontend.output.channels, **backbone_options)
         self.head = ClassifierHead(
             self.backbone.num_features,
             num_classes,
@@ -193,6 +187,17 @@ class AudioClassifier(L.LightningModule):
 
             # refuse a front-end mismatch now, not after a download
             resolve_pretrained(self, pretrained).check_frontend(self)
+
+    def _save_options(self, options: dict[str, Any]) -> None:
+        """Record the options as hyper-parameters (checkpoints, loggers, ``load_classifier``),
+        with the front end and pooling as resolved: plain values, since checkpoints are read
+        with ``weights_only=True``."""
+        # without "kind": the family's settings type is the schema (the checkpoint section has it)
+        options = {**options, "frontend": dataclasses.asdict(self.frontend.settings)}
+        options["pooling"] = self.head.pool.kind
+        # LightningCLI rebuilds the model of a --ckpt_path from this (load_classifier ignores it)
+        options["_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        self.save_hyperparameters(options)
 
     def _frontend_settings(
         self, given: FrontendSettings | dict[str, Any] | None
@@ -518,10 +523,20 @@ def _compose_init(cls: type[AudioClassifier]) -> None:
     target = own_init
 
     def __init__(self: AudioClassifier, num_classes: int, **options: Any) -> None:
+        try:
+            bound = signature.bind(self, num_classes, **options)
+        except TypeError as err:  # an option no part of the family takes
+            raise TypeError(f"{cls.__name__}: {err}") from None
+        bound.apply_defaults()
         if target is not None:
             target(self, num_classes, **options)
         else:
             super(cls, self).__init__(num_classes, **options)
+        # Saved here, from the composed signature, rather than by Lightning's inspection of
+        # the calling frames, which expects each frame's locals to match its class's
+        # signature (a family's own ``__init__`` has fewer).
+        if type(self) is cls:
+            self._save_options({k: v for k, v in bound.arguments.items() if k != "self"})
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     __init__.__doc__ = "\n".join(lines)

@@ -29,28 +29,46 @@ def _print_help() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (returns None: a returned object would become exit status 1).
 
+    Errors in the user's data, audio, options or checkpoint end the process with one line and
+    exit status 2. Option values our classes refuse reach us wrapped by jsonargparse ("does not
+    validate against any of the Union subtypes ..."): the innermost cause is the message.
     With ``argv`` given (tests, notebooks) errors propagate as exceptions.
     """
-    from audio_cls.data.sources.base import ManifestError
     from audio_cls.extras import MissingExtraError
-    from audio_cls.io import AudioLoadError
-    from audio_cls.models.base import CheckpointMismatchError
-    from audio_cls.nn.weights import PretrainedWeightsError
+    from audio_cls.models.base import NonFiniteError
 
     try:
         _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except (
+    except (ValueError, MissingExtraError, NonFiniteError) as err:
+        if os.environ.get("AUDIO_CLS_TRACEBACK") or argv is not None:
+            raise
+        print(f"audio-cls: error: {_user_message(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _user_message(err: BaseException) -> str:
+    """The innermost cause's message; a hint to the traceback for errors not meant for users."""
+    from audio_cls.data.sources.base import ManifestError
+    from audio_cls.extras import MissingExtraError
+    from audio_cls.io import AudioLoadError
+    from audio_cls.models.base import CheckpointMismatchError, NonFiniteError
+    from audio_cls.nn.weights import PretrainedWeightsError
+
+    while err.__cause__ is not None:
+        err = err.__cause__
+    ours = (
         ManifestError,
         AudioLoadError,
         CheckpointMismatchError,
         PretrainedWeightsError,
         MissingExtraError,
+        NonFiniteError,
         UsageError,
-    ) as err:
-        if os.environ.get("AUDIO_CLS_TRACEBACK") or argv is not None:
-            raise
-        print(f"audio-cls: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    )
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, ours) or type(err) is ValueError:
+        return text
+    return f"{text} ({type(err).__name__}; AUDIO_CLS_TRACEBACK=1 shows where)"
 
 
 def _dispatch(argv: list[str]) -> None:

@@ -449,6 +449,14 @@ class Predictor:
     def _finish(
         self, clip_id: str, path: str, probs: torch.Tensor, starts: torch.Tensor, n: int
     ) -> ClipPrediction:
+        if not torch.isfinite(probs).all():  # never a confident label from NaN
+            bad = int((~torch.isfinite(probs).all(1)).sum())
+            return self._failed(
+                clip_id,
+                path,
+                f"the model's output is not finite for {bad} of its {len(probs)} window(s): "
+                f"check the file for huge or corrupt samples",
+            )
         index = torch.zeros(len(probs), dtype=torch.long)
         clip_probs = aggregate_clips(probs, index, 1, self.aggregation)[0]
         return ClipPrediction(clip_id, path, clip_probs, probs, starts, n)

@@ -14,6 +14,7 @@ import yaml
 from audio_cls.cli import main
 from audio_cls.commands import VERBS, UsageError
 from audio_cls.models import create_model
+from audio_cls.models.base import CheckpointMismatchError
 
 SR = 16000
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
@@ -160,3 +161,31 @@ def test_cv_print_config_shows_cv_options_beside_the_training_config(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["cv"] == {"folds": [1, 2], "val": "next"}
     assert printed["model"]["class_path"] == "audio_cls.models.MelCNN"
+
+
+def _audio_cls(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "audio_cls.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_a_refused_option_value_is_one_line_not_jsonargparse_noise(tmp_path):
+    proc = _audio_cls(
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--data.sample_rate",
+        "22050",
+        "--model.frontend.n_fft",
+        "512",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("audio-cls: error:")]
+    assert "551 samples at 22050 Hz, more than n_fft=512" in line
+    assert "Union subtypes" not in proc.stderr
+
+
+def test_a_folder_given_as_checkpoint(tmp_path, clips):
+    with pytest.raises(CheckpointMismatchError, match="is a folder"):
+        main(["classify", "--ckpt", str(tmp_path), str(clips[0])])

@@ -24,6 +24,8 @@ passes ``**kwargs`` on to ``super().__init__``; they join the composed signature
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import inspect
 import logging
@@ -58,6 +60,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "AudioClassifier",
     "CheckpointMismatchError",
+    "NonFiniteError",
     "load_classifier",
 ]
 
@@ -74,6 +77,10 @@ STAGES = ("train", "val", "test")
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's front end, classes or format do not fit the current set-up."""
+
+
+class NonFiniteError(ArithmeticError):
+    """The loss or the model's output stopped being finite; the message names the clips."""
 
 
 def segment_metrics(num_classes: int) -> MetricCollection:
@@ -290,6 +297,10 @@ class AudioClassifier(L.LightningModule):
         logits = self(batch["waveform"])
         target = batch["soft"] if "soft" in batch else batch["target"]
         loss = F.cross_entropy(logits.float(), target, label_smoothing=self.hparams.label_smoothing)
+        if not torch.isfinite(loss):
+            self._refuse_non_finite(
+                "train", batch, logits, f"the training loss became {loss.item()}"
+            )
         hard = target.argmax(-1) if target.ndim == 2 else target
         self.metrics["train_metrics"].update(logits.detach(), hard)
         self.log(
@@ -304,8 +315,42 @@ class AudioClassifier(L.LightningModule):
                 return callback.tta_for(stage)
         return None
 
+    def _refuse_non_finite(
+        self, stage: str, batch: dict[str, torch.Tensor], output: torch.Tensor, what: str
+    ) -> None:
+        """Stop the run, naming the clips whose output is not finite (or saying that the
+        weights themselves are not), instead of training or scoring on NaN."""
+        weights_ok = all(torch.isfinite(p).all() for p in self.parameters())
+        bad = ~torch.isfinite(output.detach().float()).all(dim=-1)
+        if weights_ok and self.training:
+            # BatchNorm mixes the batch in training, so one huge clip spoils every row (and the
+            # running statistics): find the culprits one clip at a time, on a copy
+            probe = copy.deepcopy(self)
+            with torch.no_grad(), contextlib.suppress(ValueError):  # a layer that needs B > 1
+                bad = torch.tensor(
+                    [not torch.isfinite(probe(w[None])).all() for w in batch["waveform"]]
+                )
+        clips = batch["clip_index"][bad].unique().tolist()
+        names = [str(i) for i in clips]
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "segments"):
+            split = datamodule.segments(stage)  # the documented window/clip lookup
+            names = [str(split.clips[i].path) for i in clips]
+        if not weights_ok:
+            cause = "the model's weights are no longer finite: lower --model.lr or use gradient clipping (--trainer.gradient_clip_val 1.0)"
+        elif names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            cause = f"the output is not finite for {shown}: check those files (huge or corrupt samples) and remove them"
+        else:
+            cause = (
+                "every output is finite but the loss is not: check the soft labels of this batch"
+            )
+        raise NonFiniteError(f"{what} ({stage}, epoch {self.current_epoch}); {cause}")
+
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         probs = self.predict_proba(batch["waveform"], self._stage_tta(stage))
+        if not torch.isfinite(probs).all():
+            self._refuse_non_finite(stage, batch, probs, "the model's probabilities are not finite")
         out = {
             "probs": probs,
             "clip_index": batch["clip_index"],

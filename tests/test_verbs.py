@@ -152,7 +152,7 @@ def test_models_lists_families_and_pretrained_tags(capsys):
     main(["models"])
     out = capsys.readouterr().out
     assert "mel_cnn" in out and "logmel" in out
-    main(["models", "--pretrained", "true"])
+    main(["models", "--pretrained"])  # a bare flag
     assert "vjepa2_vitl_fpc64_256" in capsys.readouterr().out
 
 

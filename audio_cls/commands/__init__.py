@@ -74,18 +74,26 @@ def normalise_dashes(argv: list[str]) -> list[str]:
     return out
 
 
-def _gather_positionals(argv: list[str], option: str, flags: set[str]) -> list[str]:
+def _bare_flags(argv: list[str], flags: set[str]) -> list[str]:
+    """``--strict`` alone (no true/false after it) -> ``--strict=true``."""
+    out = []
+    for i, token in enumerate(argv):
+        following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+        if token.startswith("--") and token[2:] in flags and following not in ("true", "false"):
+            token += "=true"
+        out.append(token)
+    return out
+
+
+def _gather_positionals(argv: list[str], option: str) -> list[str]:
     """Bare words -> ``--{option}=[...]``; every other option takes one value (``--x v`` or
-    ``--x=v``), except ``flags`` (booleans, which may stand alone)."""
+    ``--x=v``; booleans arrive as ``--x=true`` from :func:`_bare_flags`)."""
     rest, words, i = [], [], 0
     while i < len(argv):
         token = argv[i]
         if token.startswith("-"):
             rest.append(token)
-            takes_value = "=" not in token and token not in ("-h", "--help")
-            name = token[2:]
-            if name in flags:
-                takes_value = i + 1 < len(argv) and argv[i + 1].lower() in ("true", "false")
+            takes_value = "=" not in token and token not in ("-h", "--help", "--print_config")
             if takes_value and i + 1 < len(argv):
                 rest.append(argv[i + 1])
                 i += 1
@@ -106,14 +114,14 @@ def run_function_verb(name: str, verb: Verb, argv: list[str]) -> Any:
     parser = ArgumentParser(prog=f"audio-cls {name}", description=doc.split("\n\nArgs:")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="A YAML of this verb's options.")
     parser.add_function_arguments(function, fail_untyped=True)
+    flags = {
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.annotation in (bool, "bool")
+    }
+    argv = _bare_flags(argv, flags)
     if verb.positional:
-        flags = {
-            p.name
-            for p in inspect.signature(function).parameters.values()
-            if p.annotation in (bool, "bool")
-        }
-        flags |= {"print_config"}
-        argv = _gather_positionals(argv, verb.positional, flags)
+        argv = _gather_positionals(argv, verb.positional)
     config = parser.parse_args(argv)
     options = {k: v for k, v in vars(config).items() if k != "config"}
     return function(**options)

@@ -6,7 +6,7 @@ __all__ = ["models"]
 
 
 def models(pretrained: bool = False) -> None:
-    """List the registered model families (name, class, front end).
+    """List the registered model families: name, class and default front end.
 
     Args:
         pretrained: List the pretrained weight tags instead: pass one as
@@ -25,5 +25,7 @@ def models(pretrained: bool = False) -> None:
         return
     for name in list_models():
         entry = get_model_entry(name)
-        front = entry.frontend
-        print(f"{name:<12} {entry.cls.__module__}.{entry.cls.__qualname__:<22} {front.kind}")
+        front = {k: v for k, v in entry.frontend.contract().items() if v is not None}
+        kind = front.pop("kind")
+        settings = " ".join(f"{k}={v}" for k, v in front.items())
+        print(f"{name:<12} {entry.cls.__qualname__:<20} {kind}: {settings}")

@@ -285,7 +285,9 @@ class Predictor:
     """A model ready to classify audio: window settings, batching, TTA and aggregation.
 
     Args:
-        model: Maps waveforms ``(B, T)`` at ``windows.sample_rate`` to logits ``(B, C)``.
+        model: Maps waveforms ``(B, T)`` at ``windows.sample_rate`` to logits ``(B, C)``: a
+            module (moved to ``device`` and put in eval mode) or any callable, such as an
+            ONNX Runtime session wrapper.
         windows: How clips are cut (from the checkpoint).
         batch_size: Windows per forward pass.
         tta: Time-shift TTA (None: off).
@@ -296,7 +298,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Callable[[torch.Tensor], torch.Tensor],
         windows: WindowSettings,
         batch_size: int = 256,
         tta: TimeShiftTTA | None = None,
@@ -311,7 +313,9 @@ class Predictor:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = model
         self.windows = windows
         self.batch_size = batch_size
         self.tta = tta

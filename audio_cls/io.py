@@ -30,6 +30,7 @@ import soundfile as sf
 __all__ = [
     "AUDIO_EXTENSIONS",
     "FFMPEG_EXTENSIONS",
+    "MAX_SAMPLE",
     "SOUNDFILE_EXTENSIONS",
     "AudioLoadError",
     "AudioTruncatedWarning",
@@ -37,6 +38,7 @@ __all__ = [
     "audio_info",
     "iter_audio",
     "load_audio",
+    "printable_path",
 ]
 
 # fmt: off
@@ -59,6 +61,27 @@ _FFMPEG_HELP = (
     "so that it is on PATH, or convert the file to WAV/FLAC first"
 )
 _NO_SAMPLES = "holds no audio samples (0 frames); remove it from the dataset"
+#: Largest absolute sample value accepted. Float files may legitimately exceed 1.0 (a mix
+#: exported unclipped), but a power spectrum squares a sum over an FFT window: with n samples
+#: of peak p a bin reaches (n * p) ** 2, which for p = 1e15 stays below float32's maximum
+#: (~3.4e38) for windows up to ~18 000 samples. Larger values turn every log-mel into inf/NaN
+#: and can only be damage or a file that was never scaled as audio.
+MAX_SAMPLE = 1e15
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """``path`` as text that any stream or UTF-8 file accepts.
+
+    File names that are not valid UTF-8 reach Python as lone surrogates, which raise
+    ``UnicodeEncodeError`` when printed to a UTF-8 file; their bytes are shown as ``\\xNN``.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _sf_path(path: Path) -> str | bytes:
+    """What soundfile should open: bytes on POSIX, since it encodes a str strictly as UTF-8 and a
+    file name that is not valid UTF-8 would raise UnicodeEncodeError there."""
+    return os.fsencode(path) if os.name == "posix" else str(path)
 
 
 class AudioLoadError(ValueError):
@@ -72,21 +95,24 @@ class AudioLoadError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{printable_path(self.path)}: {reason}")
 
     def __reduce__(self):  # keep the two-argument form picklable (DataLoader workers)
         return type(self), (self.path, self.reason)
 
 
 class AudioTruncatedWarning(UserWarning):
-    """``iter_audio`` found fewer samples than the file's header promises (a cut-off copy)."""
+    """A WAV holds fewer samples than its header promises (a cut-off copy); ``load_audio`` and
+    ``iter_audio`` return what it holds and warn with this."""
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.ndarray:
     """Decode a file to a mono float32 waveform.
 
     Channels are averaged. When ``sample_rate`` differs from the file's rate the waveform is
-    resampled (band-limited sinc, ``torchaudio.functional.resample``).
+    resampled (band-limited sinc, ``torchaudio.functional.resample``). A WAV cut short (its
+    header promises more frames than it holds) gives what it holds and warns with
+    ``AudioTruncatedWarning``, naming how many seconds are missing.
 
     Args:
         path: Audio file, or a video whose first audio track is wanted.
@@ -96,8 +122,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.nd
         1-D array of shape ``(time,)``.
 
     Raises:
-        AudioLoadError: The file is missing, empty, not audio, corrupt, holds no samples or
-            non-finite samples, or its format needs ffmpeg and ffmpeg is not installed.
+        AudioLoadError: The file is missing, unreadable (permissions), empty, not audio,
+            corrupt, holds no samples, non-finite samples or samples beyond ``MAX_SAMPLE``, or
+            its format needs ffmpeg and ffmpeg is not installed.
     """
     path = Path(path)
     if sample_rate is not None and sample_rate <= 0:
@@ -116,7 +143,12 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.nd
 
     if wav.size == 0:
         raise AudioLoadError(path, _NO_SAMPLES)
-    _check_finite(path, wav)
+    _check_samples(path, wav)
+    if ext in (".wav", ".wave") and rate is not None:
+        # libsndfile clips a WAV's frame count to the bytes present, so read the header ourselves
+        promised = _wav_promised_frames(path) or 0
+        if promised > len(wav):
+            _warn_truncated(path, promised, len(wav), rate, stacklevel=2)
     if sample_rate is not None and rate is not None and rate != sample_rate:
         wav = _resample(wav, rate, sample_rate)
     return wav
@@ -224,6 +256,8 @@ def _check_file(path: Path) -> str:
         st = os.stat(path)
     except FileNotFoundError:
         raise AudioLoadError(path, "file not found; check the path and the dataset root") from None
+    except PermissionError:
+        raise AudioLoadError(path, _PERMISSION_FOLDER) from None
     except OSError as e:
         raise AudioLoadError(path, f"cannot access the file ({e.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
@@ -237,12 +271,37 @@ def _check_file(path: Path) -> str:
         )
     if st.st_size == 0:
         raise AudioLoadError(path, "file is empty (0 bytes); re-download or re-extract it")
+    # libsndfile reports an unreadable file as a bare "System error", which reads like damage
+    reason = _open_failure(path)
+    if reason:
+        raise AudioLoadError(path, reason)
     return ext
+
+
+_PERMISSION_FILE = (
+    "permission denied: this user may not read the file; fix its permissions "
+    "(e.g. chmod a+r) or run as a user that can read it"
+)
+_PERMISSION_FOLDER = (
+    "permission denied: a folder on its path may not be entered by this user; fix the folders' "
+    "permissions (e.g. chmod a+rx) or run as a user that can read them"
+)
+
+
+def _open_failure(path: Path) -> str:
+    """Why ``path`` cannot be opened for reading ('' when it can)."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except PermissionError:
+        return _PERMISSION_FILE
+    except OSError as e:
+        return f"cannot open the file ({e.strerror}); check that it is a readable file"
+    return ""
 
 
 def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(_sf_path(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioLoadError(path, _soundfile_reason(path, e)) from None
     return _downmix(data), int(rate)
@@ -250,7 +309,7 @@ def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
 
 def _soundfile_info(path: Path):
     try:
-        return sf.info(str(path))
+        return sf.info(_sf_path(path))
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioLoadError(path, _soundfile_reason(path, e)) from None
 
@@ -260,11 +319,24 @@ def _downmix(data: np.ndarray) -> np.ndarray:
     return data[:, 0].copy() if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
 
 
-def _check_finite(path: Path, wav: np.ndarray, rate: int | None = None, offset: int = 0) -> None:
-    """Refuse NaN/Inf; a whole file reports the count, a block (``rate`` given) the time."""
+def _check_samples(path: Path, wav: np.ndarray, rate: int | None = None, offset: int = 0) -> None:
+    """Refuse NaN/Inf and values beyond ``MAX_SAMPLE``; a whole file reports the count, a block
+    (``rate`` given) the time."""
     finite = np.isfinite(wav)
     if finite.all():
-        return
+        peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+        if peak <= MAX_SAMPLE:
+            return
+        where = ""
+        if rate is not None:
+            first = offset + int(np.argmax(np.abs(wav) > MAX_SAMPLE))
+            where = f" (first at {first / rate:.3f} s)"
+        raise AudioLoadError(
+            path,
+            f"holds a sample of absolute value {peak:.3g}{where}, beyond {MAX_SAMPLE:.0e}: its "
+            "spectrum would overflow to inf/NaN; the file is damaged or not scaled as audio, "
+            "re-export it with samples in a normal range (about -1..1)",
+        )
     if rate is None:
         bad = int(np.size(wav) - np.count_nonzero(finite))
         reason = f"holds {bad} NaN/Inf sample(s)"
@@ -276,6 +348,9 @@ def _check_finite(path: Path, wav: np.ndarray, rate: int | None = None, offset: 
 
 def _soundfile_reason(path: Path, err: Exception) -> str:
     msg = str(getattr(err, "error_string", "") or err)
+    opened = _open_failure(path)  # libsndfile says only "System error" for these
+    if opened:
+        return opened
     if _looks_like_text(path):
         return (
             "is not an audio file (it holds text; an HTML error page saved by a failed "
@@ -428,7 +503,7 @@ def _read_soundfile(path: Path, info, block: int) -> Iterator[np.ndarray]:
     rate = int(info.samplerate)
     done = 0
     try:
-        f = sf.SoundFile(str(path))
+        f = sf.SoundFile(_sf_path(path))
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioLoadError(path, _soundfile_reason(path, e)) from None
     with f:
@@ -442,7 +517,7 @@ def _read_soundfile(path: Path, info, block: int) -> Iterator[np.ndarray]:
             if len(data) == 0:
                 break
             wav = _downmix(data)
-            _check_finite(path, wav, rate, done)
+            _check_samples(path, wav, rate, done)
             done += len(wav)
             yield wav
     if done == 0:
@@ -450,12 +525,17 @@ def _read_soundfile(path: Path, info, block: int) -> Iterator[np.ndarray]:
     # libsndfile clips a WAV's frame count to the bytes present, so read the header ourselves
     promised = max(int(info.frames), _wav_promised_frames(path) or 0)
     if promised > done:
-        warnings.warn(
-            f"{path}: truncated, {(promised - done) / rate:.3f} s missing (the header promises "
-            f"{promised / rate:.3f} s, the data ends at {done / rate:.3f} s); re-download it",
-            AudioTruncatedWarning,
-            stacklevel=2,
-        )
+        _warn_truncated(path, promised, done, rate, stacklevel=2)
+
+
+def _warn_truncated(path: Path, promised: int, done: int, rate: int, stacklevel: int) -> None:
+    warnings.warn(
+        f"{printable_path(path)}: truncated, {(promised - done) / rate:.3f} s missing (the header "
+        f"promises {promised / rate:.3f} s, the data ends at {done / rate:.3f} s); using what it "
+        "holds, re-download it",
+        AudioTruncatedWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 #: WAVE format tags whose data chunk holds whole frames of ``block_align`` bytes.
@@ -567,7 +647,7 @@ def _iter_ffmpeg(path: Path, cmd: list[str], rate: int, block_sec: float) -> Ite
                 n = len(raw) // 4 * 4  # a partial trailing sample would break frombuffer
                 wav = np.frombuffer(raw[:n], dtype="<f4").astype(np.float32)
                 if wav.size:
-                    _check_finite(path, wav, rate, done)
+                    _check_samples(path, wav, rate, done)
                     done += wav.size
                     yield wav
                 if at_end:

@@ -104,7 +104,8 @@ def test_silent_windows_are_dropped(tmp_path, write_tone):
         x[:16000] = 0.5 * np.sin(np.arange(16000) * 0.1)
         (root / "a").mkdir(parents=True, exist_ok=True)
         sf.write(root / "a" / f"{i}.wav", x, 16000)
-        rows.append(f"a/{i}.wav,{'ab'[i % 2]},{i + 1}")
+        # one class: every fold must hold every class (a lone 'b' clip in fold 2 is refused)
+        rows.append(f"a/{i}.wav,a,{i + 1}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     kw = dict(
         root=str(root), source=CSVManifest(num_folds=3), num_workers=0, window_sec=1.0, hop_sec=1.0

@@ -17,13 +17,14 @@ import mmap
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from audio_cls.io import AudioLoadError, load_audio
+from audio_cls.io import AudioLoadError, AudioTruncatedWarning, load_audio
 
 __all__ = ["WaveformCache", "default_cache_dir"]
 
@@ -106,6 +107,9 @@ class WaveformCache:
     ) -> list[tuple[Path, AudioLoadError]]:
         """Decode every path that is not cached yet.
 
+        A file cut short (``AudioTruncatedWarning``: its header promises more than it holds) is
+        cached with what it holds and logged as a warning naming it, once per file decoded.
+
         Args:
             paths: Source files; duplicates and cached files are skipped.
             num_workers: Threads decoding at once (decoders release the GIL).
@@ -134,11 +138,19 @@ class WaveformCache:
                 return e
             return None
 
-        if num_workers <= 1 or len(todo) == 1:
-            results = [one(p) for p in todo]
-        else:
-            with ThreadPoolExecutor(max_workers=num_workers) as pool:
-                results = list(pool.map(one, todo))
+        # one recorder around the whole pool: catch_warnings is process-wide, not per thread
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AudioTruncatedWarning)
+            if num_workers <= 1 or len(todo) == 1:
+                results = [one(p) for p in todo]
+            else:
+                with ThreadPoolExecutor(max_workers=num_workers) as pool:
+                    results = list(pool.map(one, todo))
+        for w in caught:
+            if issubclass(w.category, AudioTruncatedWarning):
+                _log.warning("%s", w.message)
+            else:  # not ours to swallow
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         failures = [(p, e) for p, e in zip(todo, results) if e is not None]
         if failures:
             _log.warning("%d of %d file(s) could not be decoded", len(failures), len(todo))

@@ -23,10 +23,18 @@ from audio_cls.data.augment import WaveformAugment, mixup
 from audio_cls.data.cache import WaveformCache, default_cache_dir
 from audio_cls.data.segments import ShortClipPolicy, fit_length, loud_windows, window_starts
 from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError, soft_targets
+from audio_cls.data.sources.folder import file_group
+from audio_cls.io import printable_path
 
 __all__ = ["AudioDataModule", "SegmentSet"]
 
 log = logging.getLogger(__name__)
+
+#: Clips whose peak lies below this (-90 dBFS, about one 16-bit step) are reported as silent.
+SILENT_PEAK = 10 ** (-90 / 20)
+#: Clips shorter than this many seconds are reported as too short to judge.
+SHORT_CLIP_SEC = 0.01
+_SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
 
 @dataclass
@@ -151,6 +159,22 @@ class AudioDataModule(L.LightningDataModule):
         on_bad_file: ``raise`` lists every unreadable clip and stops; ``skip`` warns and leaves
             them out.
         predict_source: Clips for ``predict`` (None: the test folds).
+
+    ``setup("fit")`` decode-checks every split the run uses (train, validation and test folds,
+    since ``fit`` tests afterwards) in one pass, so an unreadable test clip stops the run before
+    training rather than after; ``setup("validate")`` and ``setup("test")`` check their split,
+    ``setup("predict")`` the prediction clips. Before that, every class must have clips in the
+    training folds and in the validation and test folds (when those are used), else a
+    ``ManifestError`` names the classes, the split that lacks them and why (e.g. a
+    ``group_pattern`` that put all of a class's files in one group). Silent clips (peak below
+    -90 dBFS) and clips shorter than 10 ms are kept but listed in one warning per split.
+
+    Attributes:
+        bad_files: Every unreadable clip found so far, as ``(split, path, reason)`` rows in the
+            order found (``split`` is ``train``, ``val``, ``test`` or ``predict``; ``path`` is
+            printable text, undecodable bytes shown as ``\\xNN``; ``reason`` says why and what
+            to do). Filled by ``setup`` both when they stop the run (``on_bad_file="raise"``)
+            and when they are left out (``skip``); run reports write it as ``bad_files.csv``.
     """
 
     def __init__(
@@ -216,6 +240,8 @@ class AudioDataModule(L.LightningDataModule):
         self._manifest: Manifest | None = None
         self._predict_manifest: Manifest | None = None
         self.splits: dict[str, SegmentSet] = {}
+        self.bad_files: list[tuple[str, str, str]] = []
+        self._unreadable: dict[Path, str] = {}  # path -> reason, kept across setups
 
     # ------------------------------------------------------------------ what the model links to
     @property
@@ -249,13 +275,16 @@ class AudioDataModule(L.LightningDataModule):
 
     def folds(self) -> dict[str, list[int]]:
         """Train/val/test folds after defaults, checked for overlap and emptiness."""
-        defaults = dict(zip(("train", "val", "test"), self.source.default_folds))
-        folds = {
-            s: list(self._folds[s] if self._folds[s] is not None else defaults[s]) for s in defaults
-        }
+        folds = self._chosen_folds()
         available = set(self.manifest.folds)
         for stage, chosen in folds.items():
             missing = sorted(set(chosen) - available)
+            if missing and self._folds[stage] is None:
+                # the dataset's own folds came out empty: name the classes that caused it
+                per_split = {s: self.manifest.select(f) for s, f in folds.items() if f}
+                error = self._class_gaps(per_split)
+                if error is not None:
+                    raise error
             if missing:
                 raise ManifestError(
                     f"data.{stage}_folds {chosen} names fold(s) {missing} that the dataset at "
@@ -272,12 +301,20 @@ class AudioDataModule(L.LightningDataModule):
                 )
         return folds
 
+    def _chosen_folds(self) -> dict[str, list[int]]:
+        """Train/val/test folds after defaults, unchecked."""
+        defaults = dict(zip(("train", "val", "test"), self.source.default_folds))
+        return {
+            s: list(self._folds[s] if self._folds[s] is not None else defaults[s]) for s in defaults
+        }
+
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         self.source.prepare(self.root)
 
     def setup(self, stage: str | None = None) -> None:
-        wanted: dict[str, list[Clip]] = {}
+        wanted: dict[str, list[Clip]] = {}  # splits this stage cuts into windows
+        checked: dict[str, list[Clip]] = {}  # splits decode-checked now: those, and for fit test
         if stage == "predict" and self.predict_source is not None:
             wanted["predict"] = self.predict_clips()
         else:
@@ -288,11 +325,140 @@ class AudioDataModule(L.LightningDataModule):
                 wanted["val"] = self.manifest.select(folds["val"])
             if stage in (None, "test"):
                 wanted["test"] = self.manifest.select(folds["test"])
+            if stage == "fit" and folds["test"]:  # fit tests afterwards: check that split now
+                checked["test"] = self.manifest.select(folds["test"])
             if stage in (None, "predict"):
                 wanted["predict"] = self.predict_clips(folds)
-        for split, clips in wanted.items():
-            if split not in self.splits:
-                self.splits[split] = self._segment(split, clips)
+        checked.update(wanted)
+        checked = {
+            s: checked[s]
+            for s in ("train", "val", "test", "predict")
+            if s in checked and s not in self.splits
+        }
+        if not checked:
+            return
+        labelled = {s: c for s, c in checked.items() if s != "predict" and c}
+        error = self._class_gaps(labelled)
+        if error is not None:
+            raise error
+        readable = self._check_files(checked)
+        if any(len(readable[s]) < len(c) for s, c in labelled.items()):
+            error = self._class_gaps({s: readable[s] for s in labelled})
+            if error is not None:
+                raise error
+        for split in wanted:
+            if split in checked:
+                self.splits[split] = self._segment(split, readable[split])
+
+    def _check_files(self, splits: dict[str, list[Clip]]) -> dict[str, list[Clip]]:
+        """Decode every clip of ``splits`` once (into the cache) and record the unreadable ones
+        in ``bad_files``; raise listing them all, or return the splits without them (skip)."""
+        todo = [c.path for clips in splits.values() for c in clips]
+        todo = [p for p in dict.fromkeys(map(Path, todo)) if p not in self._unreadable]
+        for path, err in self.cache.warm(todo, num_workers=max(self.num_workers, 1)):
+            self._unreadable[Path(path)] = err.reason
+        recorded = {(s, p) for s, p, _ in self.bad_files}
+        new: list[tuple[str, str, str]] = []
+        for split, clips in splits.items():
+            for c in clips:
+                reason = self._unreadable.get(Path(c.path))
+                row = (split, printable_path(c.path))
+                if reason is not None and row not in recorded:
+                    recorded.add(row)
+                    new.append((*row, reason))
+        self.bad_files += new
+        if new:
+            counts = {s: sum(1 for r in new if r[0] == s) for s in splits}
+            summary = ", ".join(f"{n} of {len(splits[s])} {s}" for s, n in counts.items() if n)
+            listing = "\n".join(f"  [{s}] {p}: {why}" for s, p, why in new[:20])
+            more = f"\n  ... and {len(new) - 20} more" if len(new) > 20 else ""
+            if self.on_bad_file == "raise":
+                raise ManifestError(
+                    f"{len(new)} clip(s) could not be read ({summary}):\n{listing}{more}\n"
+                    "Fix or remove them, or pass --data.on_bad_file skip to leave them out "
+                    "(they are listed in the log)."
+                )
+            log.warning(
+                "leaving out %d unreadable clip(s) (%s):\n%s%s", len(new), summary, listing, more
+            )
+        return {
+            s: [c for c in clips if Path(c.path) not in self._unreadable]
+            for s, clips in splits.items()
+        }
+
+    def _class_gaps(self, splits: dict[str, list[Clip]]) -> ManifestError | None:
+        """The error naming classes that a split lacks, and why; None when every split has
+        every class. A clip counts for a class by its label or a soft target above 0."""
+        manifest = self.manifest
+        present = {
+            s: {c.label for c in clips}
+            | {i for c in clips if c.soft is not None for i, p in enumerate(c.soft) if p > 0}
+            for s, clips in splits.items()
+        }
+        gaps = []
+        for i, name in enumerate(manifest.class_names):
+            lacking = [s for s in splits if i not in present[s]]
+            if lacking:
+                gaps.append(self._describe_gap(i, name, lacking))
+        if not gaps:
+            return None
+        shown = "; ".join(gaps[:5]) + (f"; and {len(gaps) - 5} more" if len(gaps) > 5 else "")
+        return ManifestError(
+            f"{len(gaps)} class(es) missing from a split, so training or the scores would be "
+            f"wrong: {shown}. Use fewer folds (num_folds), another group_pattern (or none), or "
+            "more files per class, or pick data.train_folds/val_folds/test_folds that hold "
+            "every class"
+        )
+
+    def _describe_gap(self, label: int, name: str, lacking: list[str]) -> str:
+        """``class 'dog' has all 4 of its files in fold 3 (why), so the <split> folds [..] have
+        none``, and/or which splits hold only unreadable files of the class."""
+        clips = [c for c in self.manifest.clips if c.label == label]
+        folds_of = self._chosen_folds()
+
+        def named(splits: list[str]) -> str:
+            return " and ".join(f"the {_SPLIT_WORDS[s]} folds {folds_of[s]}" for s in splits)
+
+        # a split may hold the class's files and still lack it: all of them unreadable
+        unreadable = [
+            s
+            for s in lacking
+            if any(c.fold in folds_of[s] for c in clips)
+            and all(Path(c.path) in self._unreadable for c in clips if c.fold in folds_of[s])
+        ]
+        parts = []
+        empty = [s for s in lacking if s not in unreadable]
+        if empty:
+            parts.append(f"class '{name}' {self._placement(clips)}, so {named(empty)} have none")
+        if unreadable:
+            parts.append(
+                f"class '{name}' has only unreadable files in {named(unreadable)} (left out)"
+            )
+        return "; ".join(parts)
+
+    def _placement(self, clips: list[Clip]) -> str:
+        """Where a class's files lie and, when it shows, why: ``has all 4 of its files in fold
+        3 (group_pattern '^(x)' put them in one group)``."""
+        folds = sorted({c.fold for c in clips})
+        n = len(clips)
+        if not clips:
+            return "has no files at all"
+        if n == 1:
+            where = f"has its only file in fold {folds[0]}"
+        elif len(folds) == 1:
+            where = f"has all {n} of its files in fold {folds[0]}"
+        else:
+            where = f"has its {n} files in folds {', '.join(map(str, folds))} only"
+        pattern = getattr(self.source, "_pattern", None)
+        num_folds = getattr(self.source, "num_folds", None) or len(self.manifest.folds)
+        if pattern is not None:
+            groups = {file_group(c.path.stem, pattern, c.clip_id) for c in clips}
+            if len(groups) < min(n, num_folds):
+                word = "one group" if len(groups) == 1 else f"{len(groups)} groups"
+                return f"{where} (group_pattern {self.source.group_pattern!r} put them in {word})"
+        if n < num_folds:
+            return f"{where} (only {n} file(s) for {num_folds} folds)"
+        return where
 
     def predict_clips(self, folds: dict[str, list[int]] | None = None) -> list[Clip]:
         if self.predict_source is None:
@@ -302,33 +468,42 @@ class AudioDataModule(L.LightningDataModule):
         return self._predict_manifest.clips
 
     def _segment(self, split: str, clips: list[Clip]) -> SegmentSet:
-        """Decode (once, into the cache) and cut a split into windows."""
-        failures = self.cache.warm([c.path for c in clips], num_workers=max(self.num_workers, 1))
-        if failures:
-            listing = "\n".join(f"  {err}" for _, err in failures[:20])
-            more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-            if self.on_bad_file == "raise":
-                raise ManifestError(
-                    f"{len(failures)} of {len(clips)} {split} clip(s) could not be read:\n"
-                    f"{listing}{more}\nFix or remove them, or pass --data.on_bad_file skip to "
-                    f"leave them out (they are listed in the log)."
-                )
-            log.warning(
-                "leaving out %d unreadable %s clip(s):\n%s%s", len(failures), split, listing, more
-            )
-            bad = {Path(p) for p, _ in failures}
-            clips = [c for c in clips if Path(c.path) not in bad]
+        """Cut a split's checked (decoded, cached) clips into windows."""
         if not clips:
-            raise ValueError(f"the {split} split has no readable clips")
+            raise ManifestError(
+                f"the {split} split has no clips to read: data.{split}_folds selects none, or "
+                "all of them were unreadable and left out (listed above)"
+            )
         lengths = np.zeros(len(clips), dtype=np.int64)
         rows: list[np.ndarray] = []
+        odd: list[str] = []  # silent or too short: kept, but a model can only guess on them
+        shortest = SHORT_CLIP_SEC * self.sample_rate
         for i, clip in enumerate(clips):
             x = self.cache.load(clip.path)
             lengths[i] = len(x)
+            peak = float(np.max(np.abs(x))) if len(x) else 0.0
+            if len(x) < shortest:
+                odd.append(
+                    f"{printable_path(clip.path)}: {1000 * len(x) / self.sample_rate:.2f} ms"
+                )
+            elif peak < SILENT_PEAK:
+                level = f"peak {20 * np.log10(peak):.1f} dBFS" if peak > 0 else "all zeros"
+                odd.append(f"{printable_path(clip.path)}: silent ({level})")
             starts = window_starts(len(x), self.window, self.hop)
             if self.drop_silent_db is not None and split != "predict" and len(starts) > 1:
                 starts = starts[loud_windows(x, starts, self.window, self.drop_silent_db)]
             rows.append(np.stack([np.full_like(starts, i), starts], axis=1))
+        if odd:
+            more = f"\n  ... and {len(odd) - 20} more" if len(odd) > 20 else ""
+            log.warning(
+                "%s: %d clip(s) silent (peak below -90 dBFS) or shorter than %g ms; they are "
+                "used, but a model can only guess on them, so check or remove them:\n  %s%s",
+                split,
+                len(odd),
+                1000 * SHORT_CLIP_SEC,
+                "\n  ".join(odd[:20]),
+                more,
+            )
         windows = np.concatenate(rows)
         log.info("%s: %d clips -> %d windows", split, len(clips), len(windows))
         return SegmentSet(clips, lengths, windows)

@@ -31,14 +31,18 @@ def read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, s
 
 
 def read_csv_table(
-    path: Path, required: Sequence[str] | Callable[[list[str]], Sequence[str]]
+    path: Path,
+    required: Sequence[str] | Callable[[list[str]], Sequence[str]],
+    padded: dict[str, set[str]] | None = None,
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """The header and rows of a CSV, like ``read_csv``.
+    """The header and rows of a CSV, like ``read_csv``; cells come stripped of surrounding space.
 
     Args:
         path: The CSV file.
         required: Columns the header must have, or a function of the header that names them
             (for columns that are only needed when others are absent).
+        padded: When given, filled with ``column -> {cell as written}`` for every cell that the
+            stripping changed, so that callers can say which values were read differently.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets write a BOM
@@ -58,8 +62,46 @@ def read_csv_table(
         reader.fieldnames = header
         rows = []
         for row in reader:
-            rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}))
+            cells = {k: v or "" for k, v in row.items() if k}
+            if padded is not None:
+                for k, v in cells.items():
+                    if v != v.strip():
+                        padded.setdefault(k, set()).add(v)
+            rows.append((reader.line_num, {k: v.strip() for k, v in cells.items()}))
     return header, rows
+
+
+def warn_padded_names(written: Iterable[str], where: str, what: str = "label") -> None:
+    """One warning naming the names that were read without their surrounding spaces."""
+    pairs = [f"{w!r} as {w.strip()!r}" for w in sorted(set(written))]
+    if pairs:
+        more = f" and {len(pairs) - 10} more" if len(pairs) > 10 else ""
+        _log.warning(
+            "%s: %s(s) with surrounding spaces read without them: %s%s",
+            where,
+            what,
+            ", ".join(pairs[:10]),
+            more,
+        )
+
+
+def check_case_duplicates(names: Iterable[str], where: str, what: str = "label") -> None:
+    """Refuse names that differ only by case (``Dog``/``dog``): they would be two classes.
+
+    Refused rather than merged: which spelling to keep is a guess, the class names end up in
+    checkpoints and predictions, and a rename settles it in one edit.
+    """
+    spellings: dict[str, set[str]] = {}
+    for n in names:
+        spellings.setdefault(n.casefold(), set()).add(n)
+    clashes = [sorted(v) for _, v in sorted(spellings.items()) if len(v) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(repr(n) for n in c) for c in clashes[:5])
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise ManifestError(
+            f"{where}: {what}s {shown}{more} differ only by case and would become separate "
+            f"classes; rename them to one spelling"
+        )
 
 
 def missing_files_error(csv_path: Path, missing: Sequence[Path], hint: str = "") -> ManifestError:

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from audio_cls.data.sources._common import (
     assign_folds,
+    check_case_duplicates,
     check_num_folds,
     existing_names,
     missing_files_error,
     read_csv_table,
     split_folds,
+    warn_padded_names,
 )
 from audio_cls.data.sources.base import SOFT_TOLERANCE, Clip, ClipSource, Manifest, ManifestError
 from audio_cls.data.sources.folder import compile_group_pattern, file_group
@@ -36,6 +38,10 @@ class CSVManifest(ClipSource):
     columns are ignored. Rows without a fold (no ``fold`` column, or an empty cell) are dealt
     into folds as ``ClassFolders`` does: deterministic, stratified per class, groups kept
     together. Folds: train 1..K-2, validate K-1, test K. Clip ids default to the path as written.
+
+    Labels are read without surrounding spaces (``"dog "`` is ``dog``; a warning names such
+    labels). Labels that differ only by case (``Dog``, ``dog``) are refused rather than merged:
+    which spelling to keep would be a guess, and one rename in the CSV settles it.
 
     Soft targets: one ``prob_<class>`` column per class gives each clip a probability vector
     (``Clip.soft``). The class names are then those columns' names, in column order (or
@@ -86,7 +92,9 @@ class CSVManifest(ClipSource):
                 "there, or set --data.root / file"
             )
         base = csv_path.parent
-        header, rows = read_csv_table(csv_path, _required_columns)
+        padded: dict[str, set[str]] = {}
+        header, rows = read_csv_table(csv_path, _required_columns, padded)
+        warn_padded_names(padded.get("label", ()), str(csv_path))
         prob_columns = [c for c in header if c.startswith(PROB_PREFIX)]
         soft_names = self._soft_classes(csv_path, prob_columns) if prob_columns else None
         soft_columns = [PROB_PREFIX + n for n in soft_names or ()]  # in label order
@@ -114,7 +122,13 @@ class CSVManifest(ClipSource):
             elif not label:
                 raise ManifestError(f"{where}: empty label for {r['path']}")
             if known is not None and label not in known:
-                raise ManifestError(f"{where}: label '{label}' is not one of the classes {known}")
+                near = [k for k in known if k.casefold() == label.casefold()]
+                hint = (
+                    f" (class names are case-sensitive: did you mean '{near[0]}'?)" if near else ""
+                )
+                raise ManifestError(
+                    f"{where}: label '{label}' is not one of the classes {known}{hint}"
+                )
             fold = r.get("fold", "")
             if fold:
                 try:
@@ -163,6 +177,7 @@ class CSVManifest(ClipSource):
             for i, f in zip(todo, assign_folds([labels[i] for i in todo], groups, self.num_folds)):
                 folds[i] = f
         names = known if known is not None else sorted(set(labels))
+        check_case_duplicates(names, str(csv_path), "label" if known is None else "class")
         index = {n: i for i, n in enumerate(names)}
         clips = [
             Clip(p, index[lab], f, c, soft)

@@ -294,6 +294,10 @@ class Predictor:
         aggregation: Window -> clip aggregation.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
         block_sec: Seconds decoded at a time from a file.
+        autocast: Run the model under ``torch.autocast`` to this dtype (``torch.bfloat16`` on a
+            CPU with AVX-512 BF16 or AMX, where it is about twice as fast; ``torch.float16`` on
+            CUDA); None: the model's own precision. Front ends compute in fp32 either way and
+            probabilities come out fp32.
     """
 
     def __init__(
@@ -305,6 +309,7 @@ class Predictor:
         aggregation: Aggregation = "mean",
         device: str = "auto",
         block_sec: float = 60.0,
+        autocast: torch.dtype | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -321,15 +326,18 @@ class Predictor:
         self.tta = tta
         self.aggregation = aggregation
         self.block_sec = block_sec
+        self.autocast = autocast
 
     @torch.inference_mode()
     def predict_windows(self, windows: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Probabilities ``(N, C)`` of windows ``(N, window)``, in batches."""
         x = torch.as_tensor(windows)
-        out = [
-            window_probs(self.model, batch.to(self.device), self.tta).cpu()
-            for batch in x.split(self.batch_size)
-        ]
+        dtype = self.autocast or torch.float32
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast is not None):
+            out = [
+                window_probs(self.model, batch.to(self.device), self.tta).cpu()
+                for batch in x.split(self.batch_size)
+            ]
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def predict_waveform(self, waveform: np.ndarray, clip_id: str = "") -> ClipPrediction:

@@ -1,12 +1,26 @@
-"""Inference throughput of MelCNN over ESC-10 in 0.96 s segments (50 % overlap).
+"""Inference throughput of MelCNN over ESC-10 in 0.96 s segments (50 % overlap), per backend.
 
-    python bench/inference_throughput.py --root path/to/ESC-50-layout [--threads 2]
+    python bench/inference_throughput.py --root path/to/ESC-50-layout [--threads 2] [--ckpt M]
 
 End to end: ``audio-cls classify``'s path (``audio_cls.commands.classify.predict_inputs``) on
-the audio folder, nothing cached: the inference core decodes in a background thread, windows,
-batches across files, runs front end + model and aggregates per clip; no Trainer. Model only: the same model's forward over the
-same segments already stacked in memory, in the same batch size. Both report segments/s
-(median of --repeats) and their ratio. Weights are random: throughput does not depend on them.
+the audio folder, nothing cached: the inference core decodes, windows, batches across files,
+runs front end + model and aggregates per clip; no Trainer. Model only: the same model's
+forward over the same segments already stacked in memory, in the same batch size. Both report
+segments/s (median of --repeats).
+
+Rows, each end to end and model only, all in one run so that they share the machine's state:
+
+- ``torch fp32``: the baseline (MelCNN's backbone is channels-last already, so this row and
+  the next are the channels-last figures);
+- ``torch bf16``: the same model under ``torch.autocast("cpu", torch.bfloat16)`` (the front
+  end stays fp32), only where the CPU has native bf16 (AVX-512 BF16 or AMX);
+- ``onnxruntime``: the model exported by ``audio_cls.export`` (front end included), run by
+  the onnxruntime backend with ``--threads`` intra-op threads.
+
+For each: the ratio to fp32 and the clip-level agreement with fp32 PyTorch (fraction of clips
+with the same top-1 class). Weights are random unless ``--ckpt`` names a trained checkpoint:
+throughput does not depend on them, but agreement on a random model (near-uniform, close
+calls) understates what a trained model shows; pass a trained MelCNN to judge agreement.
 """
 
 from __future__ import annotations
@@ -17,16 +31,77 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from audio_cls.commands.classify import predict_inputs
+from audio_cls.commands.classify import load_model, predict_inputs
 from audio_cls.data.cache import WaveformCache
 from audio_cls.data.segments import fit_length, window_starts
 from audio_cls.data.sources import ESC50
-from audio_cls.models import MelCNN
+from audio_cls.data.sources.files import AudioFiles
+from audio_cls.inference import ClipResults, Predictor, collect
+from audio_cls.models import MelCNN, load_classifier
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is
+    emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "AMX" in torch.backends.cpu.get_cpu_capability()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class Autocast:
+    """A model called under CPU autocast to ``dtype``."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        self.model, self.dtype = model.eval(), dtype
+
+    def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=self.dtype):
+            return self.model(waveform)
+
+
+def classify_autocast(ckpt: Path, audio: str, batch_size: int) -> ClipResults:
+    """``predict_inputs`` with the model under bf16 autocast (loading included, as there)."""
+    model, windows, names, _ = load_model(ckpt, "torch", "cpu")
+    predictor = Predictor(Autocast(model, torch.bfloat16), windows, batch_size, device="cpu")
+    clips = AudioFiles([audio], class_names=names).manifest(Path(".")).clips
+    return collect(list(predictor.predict_files((c.clip_id, c.path) for c in clips)), len(names))
+
+
+def timed(run: Callable[[], ClipResults], repeats: int) -> tuple[list[float], ClipResults]:
+    """Segments/s of ``repeats`` runs after one warm-up run (allocators, imports, sessions)."""
+    rates, results = [], None
+    for i in range(repeats + 1):
+        t = time.perf_counter()
+        results = run()
+        if i:
+            rates.append(len(results.segment_probs) / (time.perf_counter() - t))
+    return rates, results
+
+
+def model_only(model: Callable, segments: torch.Tensor, batch: int, repeats: int) -> list[float]:
+    rates = []
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            t = time.perf_counter()
+            for x in segments.split(batch):
+                model(x).float().softmax(-1)
+            if i:
+                rates.append(len(segments) / (time.perf_counter() - t))
+    return rates
+
+
+def agreement(results: ClipResults, reference: ClipResults) -> float:
+    """Fraction of clips whose top-1 class equals the reference's."""
+    same = results.probs.argmax(1) == reference.probs.argmax(1)
+    return float(same.float().mean())
 
 
 def main() -> None:
@@ -37,29 +112,29 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ckpt", help="a trained checkpoint (default: random MelCNN weights)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # the onnxruntime backend takes the same count
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
     root = Path(args.root)
+    audio = str(root / "audio")
     clips = ESC50(subset="esc10", download=False).manifest(root).clips
+    bs, n = args.batch_size, args.repeats
+    rows: list[tuple[str, list[float], list[float], ClipResults]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = MelCNN(num_classes=10, class_names=[str(i) for i in range(10)], sample_rate=16000)
-        trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
-        trainer.strategy.connect(model)
-        ckpt = Path(tmp) / "model.ckpt"
-        trainer.save_checkpoint(ckpt)
-
-        end_to_end, n_segments = [], 0
-        for i in range(args.repeats + 1):  # the first run warms up allocators and imports
-            t = time.perf_counter()
-            results, _, _ = predict_inputs(
-                ckpt, [str(root / "audio")], batch_size=args.batch_size, device="cpu"
+        if args.ckpt:
+            ckpt = Path(args.ckpt)
+        else:
+            model = MelCNN(
+                num_classes=10, class_names=[str(i) for i in range(10)], sample_rate=16000
             )
-            if i:
-                end_to_end.append(len(results.segment_probs) / (time.perf_counter() - t))
-            n_segments = len(results.segment_probs)
+            trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+            trainer.strategy.connect(model)
+            ckpt = Path(tmp) / "model.ckpt"
+            trainer.save_checkpoint(ckpt)
+        model, section = load_classifier(ckpt)
 
         cache = WaveformCache(None, 16000)
         window, hop = 15360, 7680
@@ -70,26 +145,50 @@ def main() -> None:
                 for s in window_starts(len(cache.load(c.path)), window, hop)
             ]
         )
-        model.eval()
-        model_only = []
-        with torch.inference_mode():
-            for i in range(args.repeats + 1):
-                t = time.perf_counter()
-                for batch in segments.split(args.batch_size):
-                    model(batch).softmax(-1)
-                if i:
-                    model_only.append(len(segments) / (time.perf_counter() - t))
-    e2e, mo = statistics.median(end_to_end), statistics.median(model_only)
+
+        e2e, fp32 = timed(lambda: predict_inputs(ckpt, [audio], batch_size=bs, device="cpu")[0], n)
+        rows.append(("torch fp32", e2e, model_only(model, segments, bs, n), fp32))
+
+        if cpu_has_bf16():
+            e2e, res = timed(lambda: classify_autocast(ckpt, audio, bs), n)
+            mo = model_only(Autocast(model, torch.bfloat16), segments, bs, n)
+            rows.append(("torch bf16 autocast", e2e, mo, res))
+        else:
+            print("torch bf16: skipped, this CPU has neither AVX-512 BF16 nor AMX")
+
+        try:
+            from audio_cls.export import export_model, load_onnx
+
+            onnx_path = Path(tmp) / "model.onnx"
+            export_model(model, section, onnx_path)
+            e2e, res = timed(
+                lambda: predict_inputs(
+                    onnx_path, [audio], batch_size=bs, device="cpu", backend="onnxruntime"
+                )[0],
+                n,
+            )
+            session, _ = load_onnx(onnx_path, threads=args.threads)
+            rows.append(("onnxruntime", e2e, model_only(session, segments, bs, n), res))
+        except ImportError as err:  # the export extra is missing
+            print(f"onnxruntime: skipped ({err})")
+
     print(
-        f"ESC-10: {len(clips)} clips, {n_segments} segments of 0.96 s, batch {args.batch_size}, {args.threads} threads"
+        f"ESC-10: {len(clips)} clips, {len(fp32.segment_probs)} segments of 0.96 s, batch "
+        f"{bs}, {args.threads} threads, {'weights ' + str(ckpt) if args.ckpt else 'random weights'}"
+        f"; medians of {n} runs (min-max)"
     )
+    base_e2e, base_mo = statistics.median(rows[0][1]), statistics.median(rows[0][2])
     print(
-        f"end to end:  {e2e:8.0f} segments/s  (median of {args.repeats}; min {min(end_to_end):.0f}, max {max(end_to_end):.0f})"
+        f"{'path':<20} {'end to end seg/s':>24} {'x fp32':>7} {'model only seg/s':>24} "
+        f"{'x fp32':>7} {'e2e/model':>9} {'top-1 = fp32':>13}"
     )
-    print(
-        f"model only:  {mo:8.0f} segments/s  (median of {args.repeats}; min {min(model_only):.0f}, max {max(model_only):.0f})"
-    )
-    print(f"end to end / model only: {e2e / mo:.2f}")
+    for name, e2e, mo, res in rows:
+        me, mm = statistics.median(e2e), statistics.median(mo)
+        print(
+            f"{name:<20} {me:8.0f} ({min(e2e):6.0f}-{max(e2e):6.0f}) {me / base_e2e:7.2f} "
+            f"{mm:8.0f} ({min(mo):6.0f}-{max(mo):6.0f}) {mm / base_mo:7.2f} {me / mm:9.2f} "
+            f"{100 * agreement(res, fp32):12.2f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -125,3 +125,15 @@ def test_predictor_tta_changes_probabilities(tmp_path):
     plain = Predictor(model, WindowSettings(SR, 0.5)).predict_waveform(wave)
     tta = Predictor(model, WindowSettings(SR, 0.5), tta=TimeShiftTTA(3)).predict_waveform(wave)
     assert not torch.allclose(plain.probs, tta.probs)
+
+
+def test_bf16_autocast_stays_close_to_fp32_and_returns_fp32(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mel_cnn", 3, channels=[4, 8, 8], sample_rate=SR)
+    waves = [_write(tmp_path / f"{i}.wav", 1.0, i) for i in range(4)]
+    fp32 = Predictor(model, WindowSettings(SR, 0.5))
+    bf16 = Predictor(model, WindowSettings(SR, 0.5), autocast=torch.bfloat16)
+    for wave in waves:
+        a, b = fp32.predict_waveform(wave), bf16.predict_waveform(wave)
+        assert b.probs.dtype == torch.float32
+        assert (a.window_probs - b.window_probs).abs().max() < 0.02

@@ -1,6 +1,7 @@
 """DESIGN.md's layers, checked on the imports themselves: arrows point down only.
 
-``cli`` -> ``commands`` -> callbacks / models / data / inference / reports -> ``nn`` -> torch;
+``cli`` -> ``commands`` -> export / serve -> callbacks / models / data / inference / reports ->
+``nn`` -> torch;
 ``nn`` and ``io`` import nothing of the project above them; a model never imports a data
 source and a data source never a model; no command imports ``cli``.
 """
@@ -22,7 +23,21 @@ ALLOWED = {
     "reports": {"inference", "extras"},
     "models": {"nn", "inference", "extras"},
     "callbacks": {"inference", "reports", "nn", "extras"},
-    "commands": {"callbacks", "models", "data", "inference", "reports", "nn", "io", "extras"},
+    # the exporter and the server use the inference core, never a Trainer
+    "export": {"models", "inference", "nn", "extras"},
+    "serve": {"models", "inference", "data", "io", "nn", "extras"},
+    "commands": {
+        "callbacks",
+        "models",
+        "data",
+        "inference",
+        "reports",
+        "nn",
+        "io",
+        "extras",
+        "export",
+        "serve",
+    },
     "cli": {"commands", "data", "io", "models", "nn", "extras"},
 }
 

@@ -60,6 +60,9 @@ VERBS: dict[str, Verb] = {
         positional="inputs",
     ),
     "models": Verb("models", "list the registered model families and pretrained weights", "models"),
+    "export": Verb("export", "export a checkpoint to ONNX or TorchScript, checked", "export"),
+    "serve": Verb("serve", "serve a checkpoint: HTTP API, web page, live WebSocket", "serve"),
+    "stream": Verb("stream", "stream audio to `audio-cls serve` in real time", "stream", "files"),
 }
 
 

@@ -1,7 +1,15 @@
-"""Lightning glue every run can use: clip aggregation, TTA shifts, run reports."""
+"""Lightning glue every run can use: clip aggregation, TTA shifts, run reports, checkpoints."""
 
 from audio_cls.callbacks.aggregation import ClipAggregation
+from audio_cls.callbacks.checkpointing import AtomicCheckpointIO, ResumeState, RunCheckpoint
 from audio_cls.callbacks.run_report import RunReport
 from audio_cls.callbacks.tta import TTAShift
 
-__all__ = ["ClipAggregation", "RunReport", "TTAShift"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "ClipAggregation",
+    "ResumeState",
+    "RunCheckpoint",
+    "RunReport",
+    "TTAShift",
+]

@@ -1,10 +1,14 @@
 """Run reports: what a run directory holds besides checkpoints and the resolved config.
 
-- ``metrics_val.json``: validation metrics (segment and clip) of the best and the last epoch;
+- ``metrics_val.json``: validation metrics (segment and clip) of the best and the last epoch and
+  every epoch's (``history``), rewritten after each validation; the history travels in the
+  checkpoints, so a resumed run's file covers the epochs before the interruption too;
 - ``metrics_test.json``: test metrics, segment and clip level;
 - ``classification_report.csv`` and ``confusion_matrix.png``: clip level, at test;
 - ``predictions.csv``: one row per clip with its top class and every class probability
-  (at test and predict); ``segments.csv`` at predict: the per-window timeline.
+  (at test and predict); ``segments.csv`` at predict: the per-window timeline;
+- ``bad_files.csv``: the clips the data module left out as unreadable (``split,path,reason``),
+  when there were any (``--data.on_bad_file skip``).
 
 The writers are :mod:`audio_cls.reports`, shared with ``classify`` and ``cv``.
 """
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 from audio_cls.callbacks.aggregation import ClipAggregation
 from audio_cls.inference import ClipResults
@@ -75,13 +80,34 @@ class RunReport(L.Callback):
                 return cb.results[stage]
         return None
 
+    def state_dict(self) -> dict[str, Any]:
+        # in every checkpoint: a resumed run's metrics_val.json keeps the epochs before the resume
+        return {"val_history": list(self._val_history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._val_history = list(state_dict.get("val_history", []))
+
+    def setup(self, trainer, pl_module, stage):
+        # after the data module's setup of this stage, which records the unreadable clips
+        out = self.run_dir(trainer)
+        rows = list(getattr(trainer.datamodule, "bad_files", None) or [])
+        if out is not None and rows:
+            with (out / "bad_files.csv").open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["split", "path", "reason"])
+                writer.writerows((str(s), str(p), str(r)) for s, p, r in rows)
+
     def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self._val_history.append(
-                {"epoch": trainer.current_epoch, **_stage_metrics(trainer, "val")}
-            )
+        if trainer.sanity_checking:
+            return
+        self._val_history.append({"epoch": trainer.current_epoch, **_stage_metrics(trainer, "val")})
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._write_val_metrics(trainer)  # a killed run keeps its epochs so far
 
     def on_fit_end(self, trainer, pl_module):
+        self._write_val_metrics(trainer)
+
+    def _write_val_metrics(self, trainer: L.Trainer) -> None:
         out = self.run_dir(trainer)
         if out is None or not self._val_history:
             return

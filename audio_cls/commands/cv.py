@@ -7,7 +7,13 @@ on all other folds and validates on nothing (the checkpoint of the last epoch is
 
 Every fold is a normal ``fit`` run (same config, same overrides) whose run directory sits under
 ``runs/<name>/cv_<time>/fold_<k>``; ``cv_summary.json`` beside them holds per-fold metrics and
-mean/std (sample standard deviation) over folds.
+mean/std (sample standard deviation) over folds. ``--trainer.fast_dev_run`` runs one batch per
+fold and writes nothing, ``cv_summary.json`` included (the table is printed).
+
+With W&B, every fold is its own finished run, named ``<name>-<cv tag>-fold<k>`` in the group
+``<name>-<cv tag>``, and one more run of the group, ``<name>-<cv tag>-summary`` (job type
+``cv-summary``), holds the mean and std over folds: W&B groups show the folds' curves side by
+side, and the summary run gives the cross-validation one row to sort and compare by.
 """
 
 from __future__ import annotations
@@ -15,14 +21,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from audio_cls.commands.lightning import AudioCLI
+from audio_cls.commands.lightning import AudioCLI, RunDirectoryError
 from audio_cls.reports import write_metrics
 
 __all__ = ["cv_folds", "cv_options", "main", "run_cv", "summarize"]
@@ -59,14 +66,24 @@ def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 class _FoldCLI(AudioCLI):
-    """A fit run whose loggers write into the cross-validation's fold directory."""
+    """A fit run whose loggers write into the cross-validation's fold directory.
 
-    def __init__(self, tag: str, fold: int, args: list[str], validate: bool = True) -> None:
-        self.tag, self.fold, self.validate = tag, fold, validate
+    Args:
+        tag: The cross-validation's folder name (``cv_<time>``) under the run root.
+        fold: The test fold.
+        args: ``fit`` and its options.
+        validate: Whether the fold has validation folds (else early stopping is dropped).
+        root: Where the fold directories go without a versioned logger (the run root).
+    """
+
+    def __init__(
+        self, tag: str, fold: int, args: list[str], validate: bool = True, root: Path | None = None
+    ) -> None:
+        self.tag, self.fold, self.validate, self.root = tag, fold, validate, root
+        self.wandb_args: list[Any] = []
         super().__init__(args=args)
 
     def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
         trainer = self.config[self.subcommand].trainer
         if not self.validate and trainer.callbacks:  # nothing to stop early on
             trainer.callbacks = [
@@ -75,7 +92,11 @@ class _FoldCLI(AudioCLI):
                 if not getattr(cb, "class_path", "").endswith("EarlyStopping")
             ]
         loggers = trainer.logger
-        for logger in loggers if isinstance(loggers, list) else [loggers]:
+        specs = loggers if isinstance(loggers, list) else [loggers]
+        specs = [lg for lg in specs if hasattr(lg, "init_args")]
+        if not specs and self.root is not None:  # no logger: the root dir is the run dir
+            trainer.default_root_dir = str(self.root / self.tag / f"fold_{self.fold}")
+        for logger in specs:
             class_path = getattr(logger, "class_path", "")
             if class_path.endswith("CSVLogger") or class_path.endswith("TensorBoardLogger"):
                 logger.init_args.version = f"{self.tag}/fold_{self.fold}"
@@ -83,6 +104,77 @@ class _FoldCLI(AudioCLI):
                 base = logger.init_args.get("name") or "run"
                 logger.init_args.group = f"{base}-{self.tag}"
                 logger.init_args.name = f"{base}-{self.tag}-fold{self.fold}"
+                if logger.init_args.get("job_type") is None:
+                    logger.init_args.job_type = "cv-fold"
+                self.wandb_args.append((base, logger.init_args))
+        # before the run directory is claimed, which follows the versions set here
+        super().before_instantiate_classes()
+
+
+def _run_root(probe: AudioCLI) -> Path:
+    """Where fit's run directories go: the first versioned logger's root, or the root dir."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = probe.trainer.loggers
+    if loggers and isinstance(loggers[0], (CSVLogger, TensorBoardLogger)):
+        return Path(loggers[0].root_dir)
+    return Path(probe.trainer.default_root_dir)
+
+
+def _reason(err: OSError) -> str:
+    text = err.strerror or str(err)
+    return text[:1].lower() + text[1:]
+
+
+def _claim_tag(root: Path, tag: str) -> str:
+    """Create ``root/tag`` (``tag-2``, ``tag-3``... when taken) and return the name used."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirectoryError(f"cannot create {root}: {_reason(err)}") from None
+    for i in range(1, 1000):
+        name = tag if i == 1 else f"{tag}-{i}"
+        try:
+            os.mkdir(root / name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise RunDirectoryError(f"cannot create {root / name}: {_reason(err)}") from None
+    raise RunDirectoryError(f"cannot create a cross-validation folder under {root}: all taken")
+
+
+def _log_summary_to_wandb(
+    fold_cli: _FoldCLI, tag: str, result: dict[str, Any], summary: dict[str, dict[str, float]]
+) -> None:
+    """One more run in each W&B group of the folds: the cross-validation's mean and std."""
+    import wandb
+
+    for base, args in fold_cli.wandb_args:
+        settings = {
+            "project": args.get("project"),
+            "entity": args.get("entity"),
+            "dir": args.get("save_dir") or args.get("dir"),
+            "group": args.get("group"),
+            "tags": args.get("tags"),
+            "name": f"{base}-{tag}-summary",
+            "job_type": "cv-summary",
+            "config": {"cv_folds": [f["fold"] for f in result["folds"]], "args": result["config"]},
+        }
+        if args.get("offline"):
+            settings["mode"] = "offline"
+        if settings["dir"]:
+            os.makedirs(settings["dir"], exist_ok=True)
+        run = wandb.init(**{k: v for k, v in settings.items() if v is not None})
+        try:
+            for metric, stats in summary.items():
+                run.summary[f"{metric}_mean"] = stats["mean"]
+                run.summary[f"{metric}_std"] = stats["std"]
+            columns = ["fold", *CV_METRICS]
+            rows = [[f["fold"], *(f.get(m) for m in CV_METRICS)] for f in result["folds"]]
+            run.log({"cv/folds": wandb.Table(columns=columns, data=rows)})
+        finally:
+            run.finish()
 
 
 def _table(per_fold: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
@@ -166,9 +258,14 @@ def run_cv(rest: list[str], folds: list[int] | None = None, val: str = "next") -
     probe = AudioCLI(args=rest, run=False)  # resolves the config once to learn the folds
     folds = folds or probe.datamodule.manifest.folds
     plans = cv_folds(folds, val)
+    debugging = bool(probe.trainer.fast_dev_run)  # one batch per fold, nothing written
+    root = None if debugging else _run_root(probe)
     tag = time.strftime("cv_%Y%m%d-%H%M%S")
+    if root is not None and rank_zero_only.rank == 0:
+        tag = _claim_tag(root, tag)  # two cross-validations started together get two folders
     started = time.perf_counter()
-    per_fold, fold_dirs = [], []
+    per_fold = []
+    cli = None
     for plan in plans:
         k = plan["test"][0]
         rank_zero_info(
@@ -180,25 +277,28 @@ def run_cv(rest: list[str], folds: list[int] | None = None, val: str = "next") -
         if not plan["val"]:  # nothing to select on: keep the last epoch, no validation loop
             overrides += ["--checkpoint.monitor=null", "--trainer.limit_val_batches=0"]
         cli = _FoldCLI(
-            tag, k, ["fit", *rest, *overrides, "--test_after_fit=true"], bool(plan["val"])
+            tag, k, ["fit", *rest, *overrides, "--test_after_fit=true"], bool(plan["val"]), root
         )
         metrics = cli.trainer.callback_metrics
         row: dict[str, Any] = {"fold": k, **plan}
         for m in CV_METRICS:
             row[m] = float(metrics[m]) if m in metrics else None
         per_fold.append(row)
-        fold_dirs.append(Path(cli.trainer.log_dir))
     summary = summarize(per_fold)
-    out_dir = fold_dirs[0].parent
     result = {
         "config": rest,
         "folds": per_fold,
         "summary": summary,
         "wall_time_sec": time.perf_counter() - started,
     }
-    if probe.trainer.is_global_zero:
+    if not probe.trainer.is_global_zero:
+        return result
+    print(f"\ncross-validation over folds {folds} ({result['wall_time_sec']:.0f} s)")
+    print(_table(per_fold, summary))
+    if root is not None:
+        out_dir = root / tag
         write_metrics(out_dir / "cv_summary.json", result)
-        print(f"\ncross-validation over folds {folds} ({result['wall_time_sec']:.0f} s)")
-        print(_table(per_fold, summary))
         print(f"\nsummary: {out_dir / 'cv_summary.json'}")
+        if cli is not None and cli.wandb_args:
+            _log_summary_to_wandb(cli, tag, result, summary)
     return result

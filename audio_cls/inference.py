@@ -29,7 +29,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from audio_cls.data.segments import ShortClipPolicy, fit_length
+from audio_cls.data.segments import SHORT_CLIP_SEC, SILENT_PEAK, ShortClipPolicy, fit_length
+from audio_cls.io import printable_path
 
 __all__ = [
     "AGGREGATIONS",
@@ -133,6 +134,7 @@ class ClipResults:
     segment_starts: torch.Tensor  # (N,) start sample
     metrics: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # clip id -> why it has no windows
+    warnings: dict[str, str] = field(default_factory=dict)  # clip id -> why it means little
 
     @property
     def covered(self) -> torch.Tensor:
@@ -223,6 +225,7 @@ class ClipPrediction:
         starts: Window start samples ``(n,)``.
         num_samples: Length of the decoded clip.
         error: Why the clip could not be predicted (unreadable file, ...), else None.
+        warning: Why its prediction means little (silent, very short), else None.
     """
 
     clip_id: str
@@ -232,12 +235,16 @@ class ClipPrediction:
     starts: torch.Tensor
     num_samples: int = 0
     error: str | None = None
+    warning: str | None = None
 
 
-def _counted(blocks: Iterable[np.ndarray], counter: list[int]) -> Iterator[np.ndarray]:
-    """Pass blocks through, adding their lengths to ``counter[0]``."""
+def _counted(blocks: Iterable[np.ndarray], counter: list[float]) -> Iterator[np.ndarray]:
+    """Pass blocks through, adding their lengths to ``counter[0]`` and keeping their peak
+    absolute value in ``counter[1]``."""
     for block in blocks:
         counter[0] += len(block)
+        if len(block):
+            counter[1] = max(counter[1], float(np.abs(block).max()))
         yield block
 
 
@@ -279,6 +286,7 @@ class _OpenClip:
         self.ended = False
         self.num_samples = 0
         self.error: str | None = None
+        self.peak = 0.0
 
 
 class Predictor:
@@ -348,7 +356,20 @@ class Predictor:
             return self._failed(clip_id, "", "holds no audio samples")
         starts = np.concatenate([s for s, _ in parts])
         probs = self.predict_windows(np.concatenate([x for _, x in parts]))
-        return self._finish(clip_id, "", probs, torch.from_numpy(starts), len(waveform))
+        prediction = self._finish(clip_id, "", probs, torch.from_numpy(starts), len(waveform))
+        prediction.warning = self._doubtful(len(waveform), float(np.abs(waveform).max()))
+        return prediction
+
+    def _doubtful(self, num_samples: int, peak: float) -> str | None:
+        """Why a clip's prediction means little (silent or very short), else None."""
+        if peak < SILENT_PEAK:
+            return f"silent (peak {peak:.2g}, below -90 dBFS): its prediction means little"
+        if num_samples < SHORT_CLIP_SEC * self.windows.sample_rate:
+            return (
+                f"only {num_samples} sample(s), shorter than {SHORT_CLIP_SEC * 1000:.0f} ms: "
+                f"its prediction means little"
+            )
+        return None
 
     def predict_files(
         self,
@@ -391,7 +412,7 @@ class Predictor:
                     queued = self._run(batch, clips, full_only=True)
             else:
                 clip = clips[key]
-                clip.ended, clip.num_samples, clip.error = True, item[1], item[2]
+                clip.ended, clip.num_samples, clip.error, clip.peak = True, *item[1:]
             yield from self._ready(clips)
         self._run(batch, clips, full_only=False)
         yield from self._ready(clips)
@@ -405,8 +426,9 @@ class Predictor:
         per file."""
         w = self.windows
         for clip_id, path in files:
-            yield ("open", clip_id, str(path))
-            counter = [0]
+            # a name that is not valid UTF-8 must still print and go into a UTF-8 report
+            yield ("open", clip_id, printable_path(path))
+            counter = [0, 0.0]
             try:
                 blocks = _counted(decode(Path(path), w.sample_rate, self.block_sec), counter)
                 for block_starts, x in cut_windows(blocks, w.window, w.hop, w.short_clip):
@@ -414,7 +436,7 @@ class Predictor:
                 error = None if counter[0] else "holds no audio samples"
             except Exception as err:  # one bad file must not cost the others
                 error = str(err)
-            yield ("end", counter[0], error)
+            yield ("end", int(counter[0]), error, counter[1])
 
     def _run(
         self, batch: list[tuple[int, int, np.ndarray]], clips: dict[int, _OpenClip], full_only: bool
@@ -456,7 +478,9 @@ class Predictor:
                 continue
             probs = torch.cat(clip.probs)
             starts = torch.from_numpy(np.concatenate(clip.starts))
-            yield self._finish(clip.clip_id, clip.path, probs, starts, clip.num_samples)
+            prediction = self._finish(clip.clip_id, clip.path, probs, starts, clip.num_samples)
+            prediction.warning = self._doubtful(clip.num_samples, clip.peak)
+            yield prediction
 
     def _finish(
         self, clip_id: str, path: str, probs: torch.Tensor, starts: torch.Tensor, n: int
@@ -501,4 +525,5 @@ def collect(
         segment_clip_index=torch.cat(seg_index) if good else torch.zeros(0, dtype=torch.long),
         segment_starts=torch.cat(seg_starts) if good else torch.zeros(0, dtype=torch.long),
         errors={p.clip_id: p.error for p in predictions if p.error is not None},
+        warnings={p.clip_id: p.warning for p in predictions if p.warning is not None},
     )

@@ -47,7 +47,8 @@ def write_predictions(
     path: Path, results: ClipResults, class_names: Sequence[str], top_k: int = 3
 ) -> None:
     """One row per clip: id, path, target, top-k classes with probabilities, every probability,
-    and ``error``: why a clip has no prediction (an unreadable file), else empty."""
+    ``error`` (why a clip has no prediction: an unreadable file) and ``warning`` (why its
+    prediction means little: a silent or very short clip)."""
     k = min(top_k, len(class_names))
     top_p, top_i = results.probs.topk(k, dim=1)
     covered = results.covered
@@ -58,7 +59,7 @@ def write_predictions(
             + [f"top{j + 1}" for j in range(k)]
             + [f"top{j + 1}_prob" for j in range(k)]
             + [f"prob_{name}" for name in class_names]
-            + ["error"]
+            + ["error", "warning"]
         )
         for i, clip_id in enumerate(results.clip_ids):
             error = results.errors.get(clip_id)
@@ -77,7 +78,7 @@ def write_predictions(
                 + names
                 + [f"{float(p):.6f}" for p in top_p[i]]
                 + [f"{float(p):.6f}" for p in results.probs[i]]
-                + [""]
+                + ["", results.warnings.get(clip_id, "")]
             )
 
 

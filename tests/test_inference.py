@@ -137,3 +137,26 @@ def test_bf16_autocast_stays_close_to_fp32_and_returns_fp32(tmp_path):
         a, b = fp32.predict_waveform(wave), bf16.predict_waveform(wave)
         assert b.probs.dtype == torch.float32
         assert (a.window_probs - b.window_probs).abs().max() < 0.02
+
+
+def test_silent_and_one_sample_clips_are_predicted_with_a_warning(predictor, tmp_path):
+    sf.write(tmp_path / "silent.wav", np.zeros(SR, np.float32), SR)
+    sf.write(tmp_path / "one.wav", np.full(1, 0.5, np.float32), SR)
+    _write(tmp_path / "fine.wav", 1.0, 0)
+    files = [(n, tmp_path / f"{n}.wav") for n in ("silent", "one", "fine")]
+    preds = {p.clip_id: p for p in predictor.predict_files(files)}
+    assert "silent" in preds["silent"].warning and preds["silent"].error is None
+    assert "only 1 sample" in preds["one"].warning
+    assert preds["fine"].warning is None
+    assert collect(list(preds.values()), 3).warnings.keys() == {"silent", "one"}
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_printably(predictor, tmp_path):
+    import os
+
+    name = os.fsdecode(b"bad\xff.wav")
+    x = np.random.default_rng(0).standard_normal(SR // 2).astype(np.float32) * 0.1
+    sf.write(os.fsencode(tmp_path / name), x, SR)  # soundfile takes such names as bytes
+    (pred,) = predictor.predict_files([("bad", tmp_path / name)])
+    assert pred.error is None and pred.path.endswith("bad\\xff.wav")
+    pred.path.encode("utf-8")  # goes into a UTF-8 report as it is

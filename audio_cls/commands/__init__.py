@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,9 +87,9 @@ def _bare_flags(argv: list[str], flags: set[str]) -> list[str]:
     return out
 
 
-def _gather_positionals(argv: list[str], option: str) -> list[str]:
-    """Bare words -> ``--{option}=[...]``; every other option takes one value (``--x v`` or
-    ``--x=v``; booleans arrive as ``--x=true`` from :func:`_bare_flags`)."""
+def _gather_positionals(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Options apart from bare words; every option takes one value (``--x v`` or ``--x=v``;
+    booleans arrive as ``--x=true`` from :func:`_bare_flags`)."""
     rest, words, i = [], [], 0
     while i < len(argv):
         token = argv[i]
@@ -103,9 +102,7 @@ def _gather_positionals(argv: list[str], option: str) -> list[str]:
         else:
             words.append(token)
         i += 1
-    if words:
-        rest.append(f"--{option}={json.dumps(words)}")
-    return rest
+    return rest, words
 
 
 def run_function_verb(name: str, verb: Verb, argv: list[str]) -> Any:
@@ -124,7 +121,11 @@ def run_function_verb(name: str, verb: Verb, argv: list[str]) -> Any:
     }
     argv = _bare_flags(argv, flags)
     if verb.positional:
-        argv = _gather_positionals(argv, verb.positional)
+        argv, words = _gather_positionals(argv)
+        if words:
+            # handed over as values, not re-parsed: any file name (even one that is not
+            # valid UTF-8) arrives as the shell gave it
+            parser.set_defaults({verb.positional: words})
     config = parser.parse_args(argv)
     options = {k: v for k, v in vars(config).items() if k != "config"}
     return function(**options)

@@ -145,6 +145,8 @@ def _to_json(results: ClipResults, class_names: list[str], top_k: int) -> list[d
                 {"label": class_names[int(j)], "prob": round(float(p), 6)}
                 for p, j in zip(top_p[i], top_i[i])
             ]
+            if clip_id in results.warnings:
+                row["warning"] = results.warnings[clip_id]
         rows.append(row)
     return rows
 
@@ -220,6 +222,8 @@ def classify(
         print(f"... {len(labelled) - 10} more")
     for clip_id, reason in results.errors.items():
         print(f"audio-cls: skipped {clip_id}: {reason}", file=sys.stderr)
+    for clip_id, reason in results.warnings.items():
+        print(f"audio-cls: warning: {clip_id} is {reason}", file=sys.stderr)
     print(
         f"\n{len(labelled)} clips, {n_windows} windows in {elapsed:.1f} s "
         f"({n_windows / max(elapsed, 1e-9):.0f} windows/s)"

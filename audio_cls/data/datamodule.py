@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from audio_cls.data.augment import WaveformAugment, mixup
 from audio_cls.data.cache import WaveformCache, default_cache_dir
-from audio_cls.data.segments import ShortClipPolicy, fit_length, loud_windows, window_starts
+from audio_cls.data.segments import (
+    SHORT_CLIP_SEC,
+    SILENT_PEAK,
+    ShortClipPolicy,
+    fit_length,
+    loud_windows,
+    window_starts,
+)
 from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError, soft_targets
 from audio_cls.data.sources.folder import file_group
 from audio_cls.io import printable_path
@@ -30,10 +37,6 @@ __all__ = ["AudioDataModule", "SegmentSet"]
 
 log = logging.getLogger(__name__)
 
-#: Clips whose peak lies below this (-90 dBFS, about one 16-bit step) are reported as silent.
-SILENT_PEAK = 10 ** (-90 / 20)
-#: Clips shorter than this many seconds are reported as too short to judge.
-SHORT_CLIP_SEC = 0.01
 _SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
 

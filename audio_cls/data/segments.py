@@ -11,9 +11,21 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["ShortClipPolicy", "fit_length", "loud_windows", "window_starts"]
+__all__ = [
+    "SHORT_CLIP_SEC",
+    "SILENT_PEAK",
+    "ShortClipPolicy",
+    "fit_length",
+    "loud_windows",
+    "window_starts",
+]
 
 ShortClipPolicy = Literal["pad", "repeat"]
+
+#: Clips whose peak lies below this (-90 dBFS, about one 16-bit step) are reported as silent.
+SILENT_PEAK = 10 ** (-90 / 20)
+#: Clips shorter than this many seconds are reported as too short to judge.
+SHORT_CLIP_SEC = 0.01
 
 
 def window_starts(num_samples: int, window: int, hop: int) -> np.ndarray:

@@ -30,6 +30,7 @@ import dataclasses
 import inspect
 import logging
 import math
+import pickle
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -628,7 +629,12 @@ def load_classifier(
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, corrupt, not a torch file, or holds code
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        if isinstance(err, pickle.UnpicklingError) or "weights only" in text.lower():
+            # torch's own text goes on to suggest turning the safety off: never pass that on
+            reason = "not a PyTorch checkpoint, or it holds objects other than tensors"
+        else:
+            reason = text.splitlines()[0][:160] if text else type(err).__name__
         raise CheckpointMismatchError(
             f"{path}: not a readable audio-cls checkpoint ({reason}); use a .ckpt written by "
             f"`audio-cls fit` (a file that holds code or other objects is refused for safety)"

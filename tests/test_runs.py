@@ -342,3 +342,29 @@ def test_run_report_writes_no_bad_files_csv_without_skips(tmp_path):
     RunReport().setup(no_attribute, None, "fit")
     RunReport().setup(_stub_trainer(tmp_path / "c", [("t", "p", "r")], True), None, "fit")
     assert not list(tmp_path.rglob("bad_files.csv"))
+
+
+def test_a_run_that_skipped_files_lists_them_in_bad_files_csv(tmp_path, monkeypatch):
+    """End to end: a corrupt clip in a class folder, --data.on_bad_file skip."""
+    from tests.test_cli import FAST, make_folder_tree
+
+    root = make_folder_tree(tmp_path / "sounds")
+    (root / "knock" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).parents[1] / "configs" / "cnn_folder.yaml")
+    main(
+        [
+            "fit",
+            "--config",
+            config,
+            f"--data.root={root}",
+            "--data.on_bad_file=skip",
+            "--trainer.max_epochs=1",
+            "--trainer.logger=false",
+            *FAST,
+        ]
+    )
+    (bad,) = list((tmp_path / "runs").rglob("bad_files.csv"))
+    rows = list(csv.DictReader(bad.read_text().splitlines()))
+    assert [Path(r["path"]).name for r in rows] == ["broken.wav"]
+    assert rows[0]["split"] in ("train", "val", "test") and rows[0]["reason"]

@@ -94,3 +94,31 @@ def make_esc50_tree(
 @pytest.fixture(scope="session")
 def esc50_root(tmp_path_factory) -> Path:
     return make_esc50_tree(tmp_path_factory.mktemp("esc50"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint as `audio-cls fit` writes it, for the verbs that read one (classify, serve, ...).
+
+
+def save_tiny_checkpoint(
+    path: Path, class_names: list[str], window_sec: float = 0.5, hop_sec: float = 0.25
+) -> Path:
+    """A tiny MelCNN (random weights, seed 0) saved with the window settings of a data module."""
+    import lightning as L
+    import torch
+
+    from audio_cls.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mel_cnn", len(class_names), channels=[4, 8, 8], class_names=class_names)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["audio_cls"]["segments"] = {
+        "sample_rate": model.sample_rate,
+        "window_sec": window_sec,
+        "hop_sec": hop_sec,
+    }
+    torch.save(checkpoint, path)
+    return path

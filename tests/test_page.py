@@ -9,9 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
-import torch
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="the serve extra is not installed")
@@ -26,8 +24,8 @@ if not Path(CHROMIUM).is_file():
     )
 
 from audio_cls.commands.serve import serve_in_thread  # noqa: E402
-from audio_cls.models import create_model  # noqa: E402
 from audio_cls.serve.app import create_app  # noqa: E402
+from tests.conftest import save_tiny_checkpoint  # noqa: E402
 
 SR = 16000
 NAMES = ["dog", "rain", "siren"]
@@ -37,15 +35,7 @@ TIMEOUT_MS = 30_000  # every wait in the browser is bounded
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A tiny MelCNN checkpoint (0.5 s windows every 0.25 s) served on a free loopback port."""
-    torch.manual_seed(0)
-    model = create_model("mel_cnn", 3, channels=[4, 8, 8], class_names=NAMES)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
-    trainer.strategy.connect(model)
-    path = tmp_path_factory.mktemp("ckpt") / "m.ckpt"
-    trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["audio_cls"]["segments"] = {"sample_rate": SR, "window_sec": 0.5, "hop_sec": 0.25}
-    torch.save(ckpt, path)
+    path = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.ckpt", NAMES)
     with serve_in_thread(create_app(path)) as url:
         deadline = time.monotonic() + 60
         while httpx.get(f"{url}/health", timeout=5).status_code != 200:

@@ -19,17 +19,11 @@ import torch
 from audio_cls.callbacks import RunReport
 from audio_cls.cli import main
 from audio_cls.commands.lightning import RunDirectoryError, claim_version
-from tests.conftest import TINY_SYNTHETIC
+from tests.test_cli import FAST as CLI_FAST
+from tests.test_cli import TINY_SOURCE
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-TINY_SOURCE = [f"--data.source.init_args.{k}={v}" for k, v in TINY_SYNTHETIC.items()]
-FAST = [
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--data.num_workers=0",
-    "--data.batch_size=8",
-    "--data.window_sec=0.5",
-]
+FAST = [*CLI_FAST, "--data.window_sec=0.5"]
 
 
 def _common(root: Path) -> list[str]:
@@ -346,7 +340,7 @@ def test_run_report_writes_no_bad_files_csv_without_skips(tmp_path):
 
 def test_a_run_that_skipped_files_lists_them_in_bad_files_csv(tmp_path, monkeypatch):
     """End to end: a corrupt clip in a class folder, --data.on_bad_file skip."""
-    from tests.test_cli import FAST, make_folder_tree
+    from tests.test_cli import make_folder_tree
 
     root = make_folder_tree(tmp_path / "sounds")
     (root / "knock" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")

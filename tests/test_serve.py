@@ -16,7 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import soundfile as sf
@@ -29,11 +28,12 @@ from audio_cls.cli import main  # noqa: E402
 from audio_cls.commands import UsageError  # noqa: E402
 from audio_cls.commands.serve import serve_in_thread  # noqa: E402
 from audio_cls.inference import Predictor, WindowSettings, cut_windows  # noqa: E402
-from audio_cls.models import create_model, load_classifier  # noqa: E402
+from audio_cls.models import load_classifier  # noqa: E402
 from audio_cls.models.base import CheckpointMismatchError  # noqa: E402
 from audio_cls.serve.app import ServeSettings, create_app  # noqa: E402
 from audio_cls.serve.batching import DynamicBatcher  # noqa: E402
 from audio_cls.serve.streaming import StreamWindows  # noqa: E402
+from tests.conftest import save_tiny_checkpoint  # noqa: E402
 
 SR = 16000
 NAMES = ["dog", "rain", "siren"]
@@ -45,15 +45,7 @@ HEALTH_TIMEOUT = 60.0  # seconds a test waits for the model to load
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny MelCNN checkpoint with 0.5 s windows every 0.25 s, as `fit` writes it."""
-    torch.manual_seed(0)
-    model = create_model("mel_cnn", 3, channels=[4, 8, 8], class_names=NAMES)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
-    trainer.strategy.connect(model)
-    path = tmp_path_factory.mktemp("ckpt") / "m.ckpt"
-    trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["audio_cls"]["segments"] = {"sample_rate": SR, "window_sec": 0.5, "hop_sec": 0.25}
-    torch.save(ckpt, path)
+    path = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.ckpt", NAMES)
     return path
 
 

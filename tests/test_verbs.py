@@ -6,15 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
-import torch
 import yaml
 
 from audio_cls.cli import main
 from audio_cls.commands import VERBS, UsageError
-from audio_cls.models import create_model
 from audio_cls.models.base import CheckpointMismatchError
+from tests.conftest import save_tiny_checkpoint
 
 SR = 16000
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
@@ -23,15 +21,7 @@ QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny MelCNN checkpoint with 0.5 s windows, as `fit` writes it."""
-    torch.manual_seed(0)
-    model = create_model("mel_cnn", 3, channels=[4, 8, 8], class_names=["a", "b", "c"])
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
-    trainer.strategy.connect(model)
-    path = tmp_path_factory.mktemp("ckpt") / "m.ckpt"
-    trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["audio_cls"]["segments"] = {"sample_rate": SR, "window_sec": 0.5, "hop_sec": 0.25}
-    torch.save(ckpt, path)
+    path = save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.ckpt", ["a", "b", "c"])
     return path
 
 

@@ -9,8 +9,7 @@ copy of the model (:func:`export_ready`):
 - backbone parts whose eager code does not trace to a length-independent graph get an
   equivalent written for tracing (:data:`_ADAPTERS`): the Liquid-S4 kernel in real arithmetic
   with its causal convolution as a Toeplitz matmul (complex tensors and ``rfft`` have no ONNX
-  export), the tubelet ViT's chunk count in tensor arithmetic (``math.ceil`` freezes the
-  traced length), and Mamba's selective scan as a scripted loop (an ONNX ``Loop``; the eager
+  export) and Mamba's selective scan as a scripted loop (an ONNX ``Loop``; the eager
   scan is a Python loop the tracer would unroll, writing into preallocated buffers it loses).
 
 Exporter: ``torch.onnx.export(dynamo=False)``, the TorchScript-based one, which handles these
@@ -51,7 +50,6 @@ from audio_cls.extras import require
 from audio_cls.nn.liquid_s4 import LiquidS4Layer, S4DKernel, input_correlation
 from audio_cls.nn.mamba import MambaEncoder, MambaLayer
 from audio_cls.nn.stft import ExportableLogMel, exportable_copy
-from audio_cls.nn.tubelet_vit import TubeletViTEncoder
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -171,25 +169,6 @@ def _adapt_liquid_s4(layer: LiquidS4Layer) -> None:
     layer.ssm = types.MethodType(_liquid_ssm, layer)
 
 
-def _tokenize(self: TubeletViTEncoder, x: torch.Tensor) -> torch.Tensor:
-    """:meth:`TubeletViTEncoder.tokenize` with the chunk count in integer tensor arithmetic."""
-    if x.shape[1] != self.n_mels:
-        raise ValueError(f"expected {self.n_mels} mel bins, got input of shape {tuple(x.shape)}")
-    if self.stem is not None:
-        x = self.stem(x).transpose(1, 2)
-    frames, c = x.shape[-1], self.chunk_frames
-    # pad: ceil(frames / c); crop: whole chunks, or one padded chunk when shorter than one
-    n_t = (frames + c - 1) // c if self.remainder == "pad" else frames // c + (frames < c)
-    # one Pad for both: zeros at the end (pad) or a negative pad that crops
-    x = F.pad(x, (0, n_t * c - frames))
-    x = x.reshape(x.shape[0], self.n_bands, self.mel_patch, n_t, c)
-    return x.permute(0, 3, 1, 2, 4).flatten(3)
-
-
-def _adapt_tubelet_vit(encoder: TubeletViTEncoder) -> None:
-    encoder.tokenize = types.MethodType(_tokenize, encoder)
-
-
 def _scan(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
 ) -> torch.Tensor:
@@ -250,7 +229,6 @@ def _adapt_mamba_encoder(encoder: MambaEncoder) -> None:
 #: Module type -> in-place change of an export copy's module into traceable, equivalent code.
 _ADAPTERS: dict[type[nn.Module], Callable[[Any], None]] = {
     LiquidS4Layer: _adapt_liquid_s4,
-    TubeletViTEncoder: _adapt_tubelet_vit,
     MambaLayer: _adapt_mamba,
     MambaEncoder: _adapt_mamba_encoder,
 }

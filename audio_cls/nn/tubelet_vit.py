@@ -180,10 +180,12 @@ class TubeletViTEncoder(nn.Module):
             )
         if self.stem is not None:
             x = self.stem(x).transpose(1, 2)  # (B stem_dim T)
-        B, _, T = x.shape
-        n_t, c = self.num_chunks(T), self.chunk_frames
-        x = F.pad(x, (0, n_t * c - T)) if n_t * c > T else x[..., : n_t * c]  # (B F n_t*c)
-        x = x.reshape(B, self.n_bands, self.mel_patch, n_t, c)
+        frames, c = x.shape[-1], self.chunk_frames
+        # num_chunks in integer arithmetic on the (traced) length, so an exported graph holds
+        # for any length: pad -> ceil(frames / c); crop -> whole chunks, or one padded chunk
+        n_t = (frames + c - 1) // c if self.remainder == "pad" else frames // c + (frames < c)
+        x = F.pad(x, (0, n_t * c - frames))  # zeros at the end, or a negative pad that crops
+        x = x.reshape(x.shape[0], self.n_bands, self.mel_patch, n_t, c)
         return x.permute(0, 3, 1, 2, 4).flatten(3)  # (B n_t n_b mel_patch*c)
 
     def _absolute_pos(self, n_t: int, device: torch.device) -> torch.Tensor | None:

@@ -28,6 +28,18 @@ def _write_tone(
     return path
 
 
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A CSV file with ``header`` and ``rows``; folders are made as needed."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
 @pytest.fixture
 def write_tone() -> Callable[..., Path]:
     """``write_tone(path, sr=16000, seconds=0.5, freq=440, channels=1, ...) -> Path``."""

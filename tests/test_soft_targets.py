@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,15 +13,7 @@ import torch
 from audio_cls.data import AudioDataModule
 from audio_cls.data.augment import mixup
 from audio_cls.data.sources import Clip, CSVManifest, Manifest, ManifestError
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
+from tests.conftest import write_csv
 
 
 def _tones(root: Path, write_tone, names, seconds: float = 0.02, sr: int = 8000) -> None:
@@ -35,7 +26,7 @@ def _tones(root: Path, write_tone, names, seconds: float = 0.02, sr: int = 8000)
 
 def test_prob_columns_give_soft_clips_and_argmax_labels(tmp_path, write_tone):
     _tones(tmp_path, write_tone, ["a.wav", "b.wav", "c.wav"])
-    _write_csv(
+    write_csv(
         tmp_path / "manifest.csv",
         ["path", "fold", "prob_dog", "prob_cat", "prob_bird"],
         [
@@ -59,7 +50,7 @@ def test_prob_columns_give_soft_clips_and_argmax_labels(tmp_path, write_tone):
 
 def test_ties_take_the_first_class_and_the_sum_has_a_tolerance(tmp_path, write_tone):
     _tones(tmp_path, write_tone, ["a.wav", "b.wav"])
-    _write_csv(
+    write_csv(
         tmp_path / "manifest.csv",
         ["path", "prob_x", "prob_y"],
         [["a.wav", 0.5, 0.5], ["b.wav", 0.2, 0.8004]],  # 1.0004: within 1e-3
@@ -72,7 +63,7 @@ def test_ties_take_the_first_class_and_the_sum_has_a_tolerance(tmp_path, write_t
 def test_hard_and_soft_rows_mix(tmp_path, write_tone):
     names = [f"{i}.wav" for i in range(6)]
     _tones(tmp_path, write_tone, names)
-    _write_csv(
+    write_csv(
         tmp_path / "manifest.csv",
         ["path", "label", "prob_a", "prob_b"],
         [
@@ -100,7 +91,7 @@ def test_hard_and_soft_rows_mix(tmp_path, write_tone):
 
 def test_plain_csv_has_no_soft_targets(tmp_path, write_tone):
     _tones(tmp_path, write_tone, ["a.wav", "b.wav"])
-    _write_csv(tmp_path / "manifest.csv", ["path", "label"], [["a.wav", "x"], ["b.wav", "y"]])
+    write_csv(tmp_path / "manifest.csv", ["path", "label"], [["a.wav", "x"], ["b.wav", "y"]])
     m = CSVManifest().manifest(tmp_path)
     assert m.class_names == ["x", "y"] and all(c.soft is None for c in m.clips)
 
@@ -144,7 +135,7 @@ def test_plain_csv_has_no_soft_targets(tmp_path, write_tone):
 def test_soft_manifest_errors(tmp_path, write_tone, header, row, match):
     _tones(tmp_path, write_tone, ["x.wav", "y.wav"])
     first = ["y.wav", "a", 0.5, 0.5] if "label" in header else ["y.wav", 0.5, 0.5]
-    csv_path = _write_csv(tmp_path / "manifest.csv", header, [first, row])
+    csv_path = write_csv(tmp_path / "manifest.csv", header, [first, row])
     with pytest.raises(ManifestError, match=match) as info:
         CSVManifest().manifest(tmp_path)
     assert str(csv_path) in str(info.value)
@@ -152,7 +143,7 @@ def test_soft_manifest_errors(tmp_path, write_tone, header, row, match):
 
 def test_prob_columns_must_match_classes(tmp_path, write_tone):
     _tones(tmp_path, write_tone, ["x.wav"])
-    _write_csv(tmp_path / "manifest.csv", ["path", "prob_a", "prob_c"], [["x.wav", 0.5, 0.5]])
+    write_csv(tmp_path / "manifest.csv", ["path", "prob_a", "prob_c"], [["x.wav", 0.5, 0.5]])
     with pytest.raises(ManifestError) as info:
         CSVManifest(classes=["a", "b"]).manifest(tmp_path)
     assert "line 1: the prob_ columns must be exactly one per class of ['a', 'b']" in str(
@@ -163,7 +154,7 @@ def test_prob_columns_must_match_classes(tmp_path, write_tone):
 
 def test_label_column_still_required_without_prob_columns(tmp_path, write_tone):
     _tones(tmp_path, write_tone, ["x.wav"])
-    _write_csv(tmp_path / "manifest.csv", ["path", "probability"], [["x.wav", 1.0]])
+    write_csv(tmp_path / "manifest.csv", ["path", "probability"], [["x.wav", 1.0]])
     with pytest.raises(ManifestError, match=r"line 1: missing column\(s\) label"):
         CSVManifest().manifest(tmp_path)
 
@@ -241,7 +232,7 @@ def _soft_root(root: Path, write_tone) -> tuple[Path, dict[str, list[float]]]:
         rows.append([f"{hard}.wav", label, fold, hard, "", "", ""])
         expected[hard] = [float(label == n) for n in "abc"]
         write_tone(root / f"{hard}.wav", seconds=0.5, freq=900.0)
-    _write_csv(
+    write_csv(
         root / "manifest.csv",
         ["path", "label", "fold", "clip_id", "prob_a", "prob_b", "prob_c"],
         rows,
@@ -279,7 +270,7 @@ def test_no_soft_key_without_soft_clips(tmp_path, write_tone):
     for i in range(6):
         write_tone(tmp_path / f"{i}.wav", seconds=0.5)
         rows.append([f"{i}.wav", "ab"[i % 2], i % 3 + 1])
-    _write_csv(tmp_path / "manifest.csv", ["path", "label", "fold"], rows)
+    write_csv(tmp_path / "manifest.csv", ["path", "label", "fold"], rows)
     dm = _dm(tmp_path, batch_size=2)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))

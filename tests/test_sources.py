@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import tarfile
@@ -23,16 +22,7 @@ from audio_cls.data.sources import (
     Synthetic,
     UrbanSound8K,
 )
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
+from tests.conftest import write_csv
 
 # ---- ESC-50
 
@@ -54,7 +44,7 @@ def _esc_tree(root: Path, write_tone, extra: bool = True) -> Path:
             fname = f"{fold}-{target}{k}00-A-{target}.wav"
             rows.append([fname, fold, target, name, target in ESC10, f"{target}{k}00", "A"])
             write_tone(root / "audio" / fname, sr=8000, seconds=0.05)
-    _write_csv(root / "meta" / "esc50.csv", ESC_HEADER, rows)
+    write_csv(root / "meta" / "esc50.csv", ESC_HEADER, rows)
     return root
 
 
@@ -137,7 +127,7 @@ def _us8k_tree(root: Path, write_tone) -> Path:
             name = f"{1000 + cid}-{fold}-0-{cid}.wav"
             rows.append([name, 1000 + cid, 0.0, 0.5, 1, fold, cid, US_CLASSES[cid]])
             write_tone(root / "audio" / f"fold{fold}" / name, sr=8000, seconds=0.05)
-    _write_csv(root / "metadata" / "UrbanSound8K.csv", US_HEADER, rows)
+    write_csv(root / "metadata" / "UrbanSound8K.csv", US_HEADER, rows)
     return root
 
 
@@ -223,7 +213,7 @@ def test_class_folders_errors(tmp_path):
 def test_csv_manifest(tmp_path, write_tone):
     for name in ("a", "b", "c", "d"):
         write_tone(tmp_path / "clips" / f"{name}.wav", sr=8000, seconds=0.02)
-    _write_csv(
+    write_csv(
         tmp_path / "list.csv",
         ["path", "label", "fold"],
         [
@@ -263,7 +253,7 @@ def test_csv_manifest_errors(tmp_path, write_tone, header, row, match):
     if row[0] == "x.wav" and header[0] == "path" and "clip id" not in match:
         write_tone(tmp_path / "y.wav", sr=8000, seconds=0.02)
         first[0] = "y.wav"
-    csv_path = _write_csv(tmp_path / "manifest.csv", header, [first, row])
+    csv_path = write_csv(tmp_path / "manifest.csv", header, [first, row])
     with pytest.raises(ManifestError, match=match) as info:
         CSVManifest().manifest(tmp_path)
     assert str(csv_path) in str(info.value)
@@ -367,10 +357,10 @@ def test_class_folders_warns_on_empty_class(tmp_path, write_tone, caplog):
 )  # fmt: skip
 def test_fold_metadata_bad_rows_name_line_and_column(tmp_path, source, header, row, match):
     if source == "esc50":
-        _write_csv(tmp_path / "meta" / "esc50.csv", header, [row])
+        write_csv(tmp_path / "meta" / "esc50.csv", header, [row])
         with pytest.raises(ManifestError, match=match):
             ESC50().manifest(tmp_path)
     else:
-        _write_csv(tmp_path / "metadata" / "UrbanSound8K.csv", header, [row])
+        write_csv(tmp_path / "metadata" / "UrbanSound8K.csv", header, [row])
         with pytest.raises(ManifestError, match=match):
             UrbanSound8K().manifest(tmp_path)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from audio_cls.nn.frontends import FeatureShape, Frontend, LogMelFrontend
+from audio_cls.nn.frontends import Frontend, LogMelFrontend
 
 if TYPE_CHECKING:
     from torch import nn
@@ -98,12 +98,9 @@ class ExportableLogMel(Frontend):
         self.register_buffer("fb", source.mel.mel_scale.fb, persistent=False)
         self.norm = source.norm
 
-    @property
-    def output(self) -> FeatureShape:
-        return FeatureShape(self.settings.n_mels, self.sample_rate / self.hop_length, "log-mel")
-
-    def num_frames(self, num_samples: int) -> int:
-        return num_samples // self.hop_length + 1
+    # the same frames as the module it mirrors: both read settings and hop_length only
+    output = LogMelFrontend.output
+    num_frames = LogMelFrontend.num_frames
 
     def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(B, T) -> (B, n_fft // 2 + 1, frames)``: power spectrum, centred as ``torch.stft``."""

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
+
 from audio_cls.nn.weights import (
     PretrainedWeightsError,
     load_into,
@@ -47,6 +49,8 @@ class PretrainedConfig:
             empty for the template used when ``pretrained`` is a path, hub name or URL.
         source: Hub name, URL or local path (None: the user supplies it).
         format: ``safetensors``, ``torch``, ``npy`` or ``h5`` (None: from the file name).
+        convert: Turns the file's tensors into PyTorch layout before renaming (a Keras ``.h5``
+            or a TensorFlow ``.npy`` stores kernels transposed); None: used as read.
         rename: Ordered (checkpoint prefix, our prefix) pairs; our prefix None drops the key.
         covers: Our key prefixes the weights must provide (None: the whole model); the rest
             keeps its fresh initialisation.
@@ -64,6 +68,7 @@ class PretrainedConfig:
     tag: str = ""
     source: str | None = None
     format: str | None = None
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     rename: tuple[tuple[str, str | None], ...] = ()
     covers: tuple[str, ...] | None = None
     optional: tuple[str, ...] = ()
@@ -94,6 +99,8 @@ class PretrainedConfig:
             )
         self.check_frontend(model)
         weights = read_weights(resolve_weights(self.source), self.format)
+        if self.convert is not None:
+            weights = self.convert(weights)
         what = f"pretrained weights {self.tag or self.source}"
         renamed = {}
         for key, value in weights.items():

@@ -42,6 +42,8 @@ __all__ = [
 
 #: Fields that only shape training-time augmentation; never part of the contract.
 _AUGMENT = {"augment": True}
+#: Front-end settings types by the ``kind`` checkpoints record (filled as they are defined).
+FRONTEND_KINDS: dict[str, type[FrontendSettings]] = {}
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,22 @@ class FeatureShape:
 
 @dataclass(frozen=True)
 class FrontendSettings:
-    """Base of the settings dataclasses; ``kind`` names the front end in checkpoints."""
+    """Base of the settings dataclasses; ``kind`` names the front end in checkpoints.
+
+    A subclass that sets ``kind`` joins :data:`FRONTEND_KINDS` when it is defined, so a front
+    end may live in its own module (``nn/fbsp.py``).
+    """
 
     kind: ClassVar[str] = ""
 
     sample_rate: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            known = FRONTEND_KINDS.setdefault(cls.kind, cls)
+            if known.__qualname__ != cls.__qualname__:
+                raise TypeError(f"front-end kind {cls.kind!r} is taken by {known.__qualname__}")
 
     def build(self, sample_rate: int) -> Frontend:
         """The front-end module at ``sample_rate`` (the data's rate when the settings say None)."""
@@ -265,12 +278,6 @@ class WaveformFrontend(Frontend):
         if self.settings.normalize:
             x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + 1e-7)
         return x.unsqueeze(1)
-
-
-#: Front-end kinds by the name checkpoints record.
-FRONTEND_KINDS: dict[str, type[FrontendSettings]] = {
-    cls.kind: cls for cls in (LogMelSettings, WaveformSettings)
-}
 
 
 def frontend_from_dict(values: Mapping[str, Any], default: FrontendSettings) -> FrontendSettings:

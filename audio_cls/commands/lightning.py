@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from audio_cls.callbacks import ClipAggregation, RunReport, TTAShift
+from audio_cls.callbacks import ClipAggregation, FineTuning, RunReport, TTAShift
 from audio_cls.callbacks.checkpointing import (
     RUN_KEY,
     AtomicCheckpointIO,
@@ -170,6 +170,7 @@ class AudioCLI(LightningCLI):
         parser.add_lightning_class_args(TTAShift, "tta")
         parser.add_lightning_class_args(RunReport, "report")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FineTuning, "finetuning")
         parser.set_defaults(
             {
                 "checkpoint.filename": "best",

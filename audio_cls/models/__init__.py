@@ -5,6 +5,7 @@ kernels, ...) are imported only where they are used.
 """
 
 from audio_cls.models.base import AudioClassifier, CheckpointMismatchError, load_classifier
+from audio_cls.models.esresnext import AudioCLIPAudio, ESResNeXtFBSP
 from audio_cls.models.liquid_s4 import LiquidS4Classifier
 from audio_cls.models.mamba import MambaClassifier
 from audio_cls.models.mel_cnn import MelCNN
@@ -19,8 +20,10 @@ from audio_cls.models.registry import (
 from audio_cls.models.vjepa2 import VJEPA2Classifier
 
 __all__ = [
+    "AudioCLIPAudio",
     "AudioClassifier",
     "CheckpointMismatchError",
+    "ESResNeXtFBSP",
     "LiquidS4Classifier",
     "MambaClassifier",
     "MelCNN",

@@ -109,6 +109,9 @@ class AudioClassifier(L.LightningModule):
             ``attention`` (learned queries) or ``attentive`` (V-JEPA2's pooler).
         pool_heads: Heads of attention pooling (None: the backbone's attention heads, or 1).
         pool_layers: Self-attention layers of attentive pooling.
+        embed_dim: Project the pooled features to this width before the classifier (the
+            embedding that ``embed`` returns); None: no projection.
+        normalize_embedding: Scale the embedding to unit L2 norm (as AudioCLIP's audio branch).
         head_dropout: Dropout before the classifier layer.
         label_smoothing: Cross-entropy label smoothing.
         lr: Peak learning rate of the head (and of the rest unless ``backbone_lr`` is set).
@@ -129,6 +132,8 @@ class AudioClassifier(L.LightningModule):
     #: The front end a family was designed for; a config overrides single fields.
     default_frontend: ClassVar[FrontendSettings] = LogMelSettings()
     default_pooling: ClassVar[Pooling] = "mean"
+    #: Defaults of other options (the base's or the backbone's) for this family.
+    option_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -144,6 +149,8 @@ class AudioClassifier(L.LightningModule):
         pooling: Pooling | None = None,
         pool_heads: int | None = None,
         pool_layers: int = 1,
+        embed_dim: int | None = None,
+        normalize_embedding: bool = False,
         head_dropout: float = 0.2,
         label_smoothing: float = 0.1,
         lr: float = 1e-3,
@@ -184,6 +191,8 @@ class AudioClassifier(L.LightningModule):
             head_dropout,
             pool_heads or getattr(self.backbone, "num_heads", 1),
             pool_layers,
+            embed_dim,
+            normalize_embedding,
         )
         # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix
         self.metrics = nn.ModuleDict(
@@ -298,6 +307,10 @@ class AudioClassifier(L.LightningModule):
         logits = self(batch["waveform"])
         target = batch["soft"] if "soft" in batch else batch["target"]
         loss = F.cross_entropy(logits.float(), target, label_smoothing=self.hparams.label_smoothing)
+        regularization = self.frontend.regularization_loss()
+        if regularization is not None:  # e.g. FBSP's filter-norm loss
+            self.log("train/frontend_loss", regularization, on_step=False, on_epoch=True)
+            loss = loss + regularization
         if not torch.isfinite(loss):
             self._refuse_non_finite(
                 "train", batch, logits, f"the training loss became {loss.item()}"
@@ -308,6 +321,10 @@ class AudioClassifier(L.LightningModule):
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(hard)
         )
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # after accumulation and AMP unscaling, so the front end sees the step's true gradients
+        self.frontend.condition_gradients()
 
     def _stage_tta(self, stage: str) -> TimeShiftTTA | None:
         """The TTA of this stage, from the callback that configures it (no state is set here)."""
@@ -542,6 +559,13 @@ def _compose_init(cls: type[AudioClassifier]) -> None:
     ]
     params = [p.replace(kind=keyword) for p in head + own + backbone + tail]
     names = [p.name for p in params]
+    unknown = sorted(set(cls.option_defaults) - set(names))
+    if unknown:
+        raise TypeError(f"{cls.__name__}.option_defaults names unknown option(s) {unknown}")
+    params = [
+        p.replace(default=cls.option_defaults[p.name]) if p.name in cls.option_defaults else p
+        for p in params
+    ]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise TypeError(f"{cls.__name__}: option(s) {clash} are declared twice")
@@ -574,10 +598,12 @@ def _compose_init(cls: type[AudioClassifier]) -> None:
         except TypeError as err:  # an option no part of the family takes
             raise TypeError(f"{cls.__name__}: {err}") from None
         bound.apply_defaults()
+        # every option as the family's signature resolves it, so its defaults are the ones used
+        resolved = {k: v for k, v in bound.arguments.items() if k not in ("self", "num_classes")}
         if target is not None:
-            target(self, num_classes, **options)
+            target(self, num_classes, **resolved)
         else:
-            super(cls, self).__init__(num_classes, **options)
+            super(cls, self).__init__(num_classes, **resolved)
         # Saved here, from the composed signature, rather than by Lightning's inspection of
         # the calling frames, which expects each frame's locals to match its class's
         # signature (a family's own ``__init__`` has fewer).

@@ -124,6 +124,7 @@ class PretrainedConfig:
         )
         if not drop and self.class_names and len(self.class_names) == model.num_classes:
             model.class_names = list(self.class_names)
+            model.hparams["class_names"] = list(self.class_names)  # and so in checkpoints
         return report.loaded
 
 

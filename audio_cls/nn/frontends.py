@@ -132,6 +132,13 @@ class Frontend(nn.Module):
         """Frames produced for ``num_samples`` of waveform."""
         raise NotImplementedError
 
+    def regularization_loss(self) -> torch.Tensor | None:
+        """A loss term the front end adds in training (a learnable filterbank's); None: none."""
+        return None
+
+    def condition_gradients(self) -> None:
+        """Adjust the front end's gradients before each optimiser step (default: leave them)."""
+
 
 @dataclass(frozen=True)
 class LogMelSettings(FrontendSettings):

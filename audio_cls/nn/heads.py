@@ -159,16 +159,22 @@ class FeaturePool(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Pooling, dropout and a linear classifier.
+    """Pooling, an optional embedding projection, dropout and a linear classifier.
+
+    The embedding (``pre_logits``) is the pooled features, or their projection to
+    ``embed_dim`` (AudioCLIP's 1024-d audio embedding; a student matching a text teacher's
+    space), L2-normalised with ``normalize_embedding``.
 
     Args:
-        num_features: Feature size D of the backbone (and of the embedding).
+        num_features: Feature size D of the backbone.
         num_classes: Output classes.
         pooling: Pooling kind (:class:`FeaturePool`).
         layout: The backbone's feature layout.
         dropout: Dropout before the linear layer.
         pool_heads: Heads of attention pooling.
         pool_layers: Self-attention layers of attentive pooling.
+        embed_dim: Width of a linear projection of the pooled features (None: no projection).
+        normalize_embedding: Scale each embedding to unit L2 norm.
     """
 
     def __init__(
@@ -180,17 +186,25 @@ class ClassifierHead(nn.Module):
         dropout: float = 0.0,
         pool_heads: int = 1,
         pool_layers: int = 1,
+        embed_dim: int | None = None,
+        normalize_embedding: bool = False,
     ) -> None:
         super().__init__()
-        self.num_features = num_features
+        if embed_dim is not None and embed_dim < 1:
+            raise ValueError(f"embed_dim must be a positive width or None, got {embed_dim}")
         self.pool = FeaturePool(num_features, pooling, layout, pool_heads, pool_layers)
+        self.proj = nn.Linear(num_features, embed_dim) if embed_dim else nn.Identity()
+        self.normalize_embedding = normalize_embedding
+        self.num_features = embed_dim or num_features
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(num_features, num_classes)
+        self.fc = nn.Linear(self.num_features, num_classes)
 
     def reset(self, num_classes: int) -> None:
         """A new, freshly initialised classifier layer for ``num_classes`` classes."""
         self.fc = nn.Linear(self.num_features, num_classes).to(self.fc.weight)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        embedding = self.pool(x)
+        embedding = self.proj(self.pool(x))
+        if self.normalize_embedding:
+            embedding = nn.functional.normalize(embedding, dim=-1)
         return embedding if pre_logits else self.fc(self.dropout(embedding))

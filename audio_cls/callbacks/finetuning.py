@@ -52,6 +52,9 @@ class FineTuning(BaseFinetuning):
     def _body(pl_module: L.LightningModule) -> list[nn.Module]:
         return list(pl_module.backbone_modules())
 
+    def _batchnorms(self, pl_module: L.LightningModule) -> list[_BatchNorm]:
+        return [m for b in self._body(pl_module) for m in b.modules() if isinstance(m, _BatchNorm)]
+
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
         # Nothing here: the optimiser must see every parameter, so that the backbone's group
         # exists (at backbone_lr, under the warm-up) before the first epoch freezes it.
@@ -72,6 +75,9 @@ class FineTuning(BaseFinetuning):
             for p in self._frozen:
                 p.requires_grad_(True)
             self._frozen = []
+            if not self.bn_eval:  # BatchNorm learns from the batches again
+                for m in self._batchnorms(pl_module):
+                    m.train(pl_module.training)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # BaseFinetuning would also record the optimiser's groups for a resume to restore; no
@@ -84,10 +90,8 @@ class FineTuning(BaseFinetuning):
     ) -> None:
         # every batch: Lightning puts the model back in train mode after each validation
         if self._frozen or self.bn_eval:
-            for module in self._body(pl_module):
-                for m in module.modules():
-                    if isinstance(m, _BatchNorm):
-                        m.eval()
+            for m in self._batchnorms(pl_module):
+                m.eval()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # a run stopped during the head-only phase leaves a model whose parameters all train

@@ -1,15 +1,18 @@
 """End to end through the command line, on data the tests make (never ../shared)."""
 
 import csv
+import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from audio_cls.cli import main
 from audio_cls.commands import VERBS
+from audio_cls.models import get_model_entry
 from tests.conftest import TINY_SYNTHETIC
 
 CONFIGS = sorted((Path(__file__).parents[1] / "lightning_configs").glob("*.yaml"))
@@ -90,12 +93,23 @@ def data_roots(tmp_path_factory, synthetic_root, esc50_root):
     }
 
 
+def tiny_model_options(config: Path) -> list[str]:
+    """The registry's tiny sizes for the config's model: the config's wiring (data, callbacks,
+    schedule) is what a one-batch run checks; full sizes are the model tests' concern."""
+    class_path = yaml.safe_load(config.read_text())["model"]["class_path"]
+    module, name = class_path.rsplit(".", 1)
+    family = getattr(importlib.import_module(module), name)
+    tiny = get_model_entry(family.registry_name).tiny
+    return [f"--model.init_args.{k}={json.dumps(v)}" for k, v in tiny.items()]
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_fast_dev_run_every_config(config, data_roots, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = config.read_text()
     source = next(name for name in data_roots if f"sources.{name}" in text)
     root, extra = data_roots[source]
+    extra = [*extra, *tiny_model_options(config)]
     main(
         [
             "fit",

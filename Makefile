@@ -42,7 +42,7 @@ format: install ## Apply the formatter and safe lint fixes
 bench: install ## Benchmarks on ESC-10 (DATA=path/to/esc10), figures printed
 	$(BIN)/python bench/data_throughput.py --root $(or $(DATA),../shared/data/esc10)
 	$(BIN)/python bench/inference_throughput.py --root $(or $(DATA),../shared/data/esc10)
-	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/families.py
 
 clean: ## Remove caches and run outputs (keeps .venv and data/)
 	rm -rf $(RUNS) wandb lightning_logs .pytest_cache .ruff_cache build dist *.egg-info

@@ -116,5 +116,5 @@ def test_parameters_the_model_freezes_itself_stay_frozen():
 
 
 def test_negative_warmup_is_refused_naming_the_option():
-    with pytest.raises(ValueError, match="--finetuning.head_warmup_epochs"):
+    with pytest.raises(ValueError, match=r"--finetuning\.head_warmup_epochs"):
         FineTuning(head_warmup_epochs=-1)

@@ -1,9 +1,13 @@
 """Decode any audio file (or a video's audio track) to mono float32 at a chosen rate.
 
 Audio formats go through soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF...);
-containers that libsndfile cannot read (MP4, M4A, WebM, MKV, MOV, AAC, WMA...) go through an
-``ffmpeg`` subprocess. Every failure raises ``AudioLoadError`` naming the file, the reason and
-what to do about it, so a bad file in a dataset of thousands is found in one run.
+containers that libsndfile cannot read (MP4, M4A, WebM, MKV, MOV, AAC, WMA...) are decoded in
+process by PyAV, whose wheels bundle FFmpeg's libraries: the first audio track, at its own
+rate, downmixed by averaging the channels and resampled with the same filter as every other
+file, so a clip sounds the same to a model whichever container it came in. The ``ffmpeg``
+program, when installed, is only a fallback for files that PyAV cannot open. Every failure
+raises ``AudioLoadError`` naming the file, the reason and what to do about it, so a bad file
+in a dataset of thousands is found in one run.
 
 ``load_audio`` decodes a whole file; ``iter_audio`` yields the same waveform block by block in
 bounded memory, for recordings too long to hold at once.
@@ -13,6 +17,7 @@ This module imports nothing from the rest of the project.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -31,6 +36,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "FFMPEG_EXTENSIONS",
     "MAX_SAMPLE",
+    "PADDING_SEC",
     "SOUNDFILE_EXTENSIONS",
     "AudioLoadError",
     "AudioTruncatedWarning",
@@ -47,10 +53,10 @@ SOUNDFILE_EXTENSIONS = frozenset({
     ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc",
     ".au", ".snd", ".caf", ".w64", ".rf64",
 })
-#: Decoded by an ffmpeg subprocess (video containers and codecs libsndfile lacks).
+#: Decoded by FFmpeg's libraries through PyAV (video containers and codecs libsndfile lacks).
 FFMPEG_EXTENSIONS = frozenset({
     ".mp4", ".m4a", ".m4v", ".aac", ".webm", ".mkv", ".mka", ".mov", ".avi", ".wma", ".wmv",
-    ".3gp", ".amr", ".ac3",
+    ".3gp", ".amr", ".ac3", ".mpg", ".mpeg", ".flv", ".ogv",
 })
 # fmt: on
 #: Every extension ``load_audio`` accepts, lowercase with the dot.
@@ -61,6 +67,17 @@ _FFMPEG_HELP = (
     "so that it is on PATH, or convert the file to WAV/FLAC first"
 )
 _NO_SAMPLES = "holds no audio samples (0 frames); remove it from the dataset"
+_TEXT_FILE = (
+    "is not an audio file (it holds text; an HTML error page saved by a failed download looks "
+    "like this); re-download it"
+)
+#: Decoded audio beyond a container's declared duration, up to this long, is codec padding
+#: (an AAC encoder fills its last 1024-sample frame) and is cut; audio that falls short of the
+#: declared duration by more than this is reported as missing.
+PADDING_SEC = 0.1
+#: Block size in which ``load_audio`` assembles a container's audio (bounds the peak memory to
+#: the mono waveform plus one block of all channels).
+_LOAD_BLOCK_SEC = 10.0
 #: Largest absolute sample value accepted. Float files may legitimately exceed 1.0 (a mix
 #: exported unclipped), but a power spectrum squares a sum over an FFT window: with n samples
 #: of peak p a bin reaches (n * p) ** 2, which for p = 1e15 stays below float32's maximum
@@ -102,8 +119,9 @@ class AudioLoadError(ValueError):
 
 
 class AudioTruncatedWarning(UserWarning):
-    """A WAV holds fewer samples than its header promises (a cut-off copy); ``load_audio`` and
-    ``iter_audio`` return what it holds and warn with this."""
+    """A file holds less audio than its header promises: a WAV or a container cut off, or a
+    container with damaged packets (skipped); ``load_audio`` and ``iter_audio`` return what it
+    holds and warn with this."""
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.ndarray:
@@ -114,6 +132,12 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.nd
     header promises more frames than it holds) gives what it holds and warns with
     ``AudioTruncatedWarning``, naming how many seconds are missing.
 
+    Containers (``FFMPEG_EXTENSIONS``) are decoded by PyAV: their first audio track, cut to the
+    track's declared duration when the decoder adds up to ``PADDING_SEC`` of codec padding. One
+    cut short (or whose data stops reading part way), or with damaged packets (skipped), gives
+    what it holds and warns with ``AudioTruncatedWarning``. A file PyAV cannot open goes to the
+    ``ffmpeg`` program when it is installed.
+
     Args:
         path: Audio file, or a video whose first audio track is wanted.
         sample_rate: Target rate in Hz; None keeps the file's own rate.
@@ -123,23 +147,23 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> np.nd
 
     Raises:
         AudioLoadError: The file is missing, unreadable (permissions), empty, not audio,
-            corrupt, holds no samples, non-finite samples or samples beyond ``MAX_SAMPLE``, or
-            its format needs ffmpeg and ffmpeg is not installed.
+            corrupt, a video without an audio track, holds no samples, non-finite samples or
+            samples beyond ``MAX_SAMPLE``.
     """
     path = Path(path)
     if sample_rate is not None and sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     ext = _check_file(path)
     if ext in FFMPEG_EXTENSIONS:
-        wav, rate = _decode_ffmpeg(path, sample_rate), sample_rate
+        wav, rate = _decode_container(path, sample_rate)
     else:
         try:
             wav, rate = _decode_soundfile(path)
-        except AudioLoadError:
-            # libsndfile builds without Opus exist; ffmpeg reads it when present
-            if ext != ".opus" or shutil.which("ffmpeg") is None:
+        except AudioLoadError as err:
+            # libsndfile builds without MP3 or Opus exist; FFmpeg's decoders read those
+            if not _soundfile_lacks(ext):
                 raise
-            wav, rate = _decode_ffmpeg(path, sample_rate), sample_rate
+            wav, rate = _decode_container(path, sample_rate, err)
 
     if wav.size == 0:
         raise AudioLoadError(path, _NO_SAMPLES)
@@ -162,15 +186,19 @@ def iter_audio(
     The blocks are what ``load_audio(path, sample_rate)`` returns, cut into consecutive pieces:
     their concatenation equals it exactly when no resampling is needed, and to within float32
     rounding (below 1e-6) when it is, or for MP3, whose decoder rounds by read size. Soundfile
-    formats are read ``block_sec`` at a time and resampled chunk by chunk with the same filter
-    as ``load_audio``; ffmpeg formats stream ffmpeg's output, which ffmpeg resamples itself.
+    formats are read ``block_sec`` at a time and containers decoded by PyAV frame by frame
+    (memory bounded by a block, however long the file), both resampled chunk by chunk with the
+    same filter as ``load_audio``; the ffmpeg fallback streams ffmpeg's output, which ffmpeg
+    resamples itself.
 
-    Problems the header shows (missing, empty, not audio, corrupt header, 0 frames, ffmpeg
-    missing) raise from this call itself, before any block. Problems in the data raise when the
-    iteration reaches them, after the blocks before them were yielded: non-finite samples
-    (the message gives the time of the first one), decoder errors, ffmpeg failures. A file cut
-    short (its header promises more frames than it holds) yields what it holds and then warns
-    with ``AudioTruncatedWarning``, naming how many seconds are missing.
+    Problems the header shows (missing, empty, not audio, corrupt header, no audio track,
+    0 frames, a first audio packet that cannot be decoded) raise from this call itself, before
+    any block. Problems in the data raise when the iteration reaches them, after the blocks
+    before them were yielded: non-finite samples (the message gives the time of the first one),
+    decoder errors of soundfile formats, ffmpeg failures. A file cut short (its header promises
+    more frames than it holds; a container whose data stops reading part way) yields what it
+    holds and then warns with ``AudioTruncatedWarning``, naming how many seconds are missing; a
+    container's damaged packets are skipped and named in that warning too.
 
     Args:
         path: Audio file, or a video whose first audio track is wanted.
@@ -192,34 +220,36 @@ def iter_audio(
     if not (block_sec > 0 and math.isfinite(block_sec)):
         raise ValueError(f"block_sec must be positive, got {block_sec}")
     ext = _check_file(path)
-    if ext not in FFMPEG_EXTENSIONS:
-        try:
-            info = _soundfile_info(path)
-        except AudioLoadError:
-            # as in load_audio: libsndfile builds without Opus exist, ffmpeg reads it
-            if ext != ".opus" or shutil.which("ffmpeg") is None:
-                raise
-        else:
-            if info.frames == 0:
-                raise AudioLoadError(path, _NO_SAMPLES)
-            return _iter_soundfile(path, info, sample_rate, block_sec)
-    cmd, rate = _ffmpeg_command(path, sample_rate)
-    return _iter_ffmpeg(path, cmd, rate, block_sec)
+    if ext in FFMPEG_EXTENSIONS:
+        return _iter_container(path, sample_rate, block_sec)
+    try:
+        info = _soundfile_info(path)
+    except AudioLoadError as err:
+        # as in load_audio: libsndfile builds without MP3 or Opus exist
+        if not _soundfile_lacks(ext):
+            raise
+        return _iter_container(path, sample_rate, block_sec, err)
+    if info.frames == 0:
+        raise AudioLoadError(path, _NO_SAMPLES)
+    return _iter_soundfile(path, info, sample_rate, block_sec)
 
 
 def audio_duration(path: str | os.PathLike) -> float | None:
     """Length of a file in seconds, from its header, without decoding it.
 
+    For a container: the audio track's own duration, else (a track that records none) the
+    container's, which may include a longer video; ``ffprobe``'s answer when PyAV cannot open
+    the file and ffprobe is installed.
+
     Args:
         path: Audio file, or a video whose first audio track is wanted.
 
     Returns:
-        Seconds; None when only ffprobe could tell (a format that needs ffmpeg) and ffprobe is
-        not installed, or when ffprobe reports no duration.
+        Seconds; None when the container records no duration (a live stream's dump).
 
     Raises:
-        AudioLoadError: As ``load_audio`` for files that cannot be audio or whose header is
-            corrupt.
+        AudioLoadError: As ``load_audio`` for files that cannot be audio, whose header is
+            corrupt, or that have no audio track.
     """
     path = Path(path)
     ext = _check_file(path)
@@ -227,27 +257,49 @@ def audio_duration(path: str | os.PathLike) -> float | None:
         try:
             info = _soundfile_info(path)
         except AudioLoadError:
-            if ext != ".opus" or shutil.which("ffprobe") is None:
+            if not _soundfile_lacks(ext):
                 raise
         else:
             return info.frames / info.samplerate
-    return _probe_duration(path)
+    try:
+        container, stream = _open_av(path)
+    except _PyAVError as e:
+        if shutil.which("ffprobe") is None:
+            raise AudioLoadError(path, e.reason) from None
+        return _probe_duration(path)
+    with container:
+        return _av_duration(container, stream)
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """Read ``(sample_rate, frames, channels)`` from a file's header without decoding it.
 
+    For a container these describe its first audio track, and ``frames`` is its duration times
+    its rate (``audio_duration``), 0 when the container records no duration: an estimate
+    within a codec frame or so of what ``load_audio`` returns at that rate.
+
     Raises:
-        AudioLoadError: As ``load_audio``; formats that need ffmpeg are not supported here.
+        AudioLoadError: As ``load_audio``, and for a container that PyAV cannot open.
     """
     path = Path(path)
     ext = _check_file(path)
-    if ext in FFMPEG_EXTENSIONS:
-        raise AudioLoadError(
-            path, f"audio_info reads soundfile formats only; '{ext}' needs ffmpeg/ffprobe"
-        )
-    info = _soundfile_info(path)
-    return int(info.samplerate), int(info.frames), int(info.channels)
+    if ext not in FFMPEG_EXTENSIONS:
+        try:
+            info = _soundfile_info(path)
+        except AudioLoadError:
+            if not _soundfile_lacks(ext):
+                raise
+        else:
+            return int(info.samplerate), int(info.frames), int(info.channels)
+    try:
+        container, stream = _open_av(path)
+    except _PyAVError as e:
+        raise AudioLoadError(path, e.reason) from None
+    with container:
+        ctx = stream.codec_context
+        rate, channels = int(ctx.sample_rate), int(ctx.channels)
+        seconds = _av_duration(container, stream)
+    return rate, round(seconds * rate) if seconds else 0, channels
 
 
 def _check_file(path: Path) -> str:
@@ -352,10 +404,7 @@ def _soundfile_reason(path: Path, err: Exception) -> str:
     if opened:
         return opened
     if _looks_like_text(path):
-        return (
-            "is not an audio file (it holds text; an HTML error page saved by a failed "
-            "download looks like this); re-download it"
-        )
+        return _TEXT_FILE
     if "not recognised" in msg.lower() or "unknown format" in msg.lower():
         return f"is not in a recognised audio format ({msg}); check the file type"
     return f"cannot be decoded, the file is corrupt or truncated ({msg}); re-download it"
@@ -376,8 +425,8 @@ def _looks_like_text(path: Path) -> bool:
     return sum(c.isprintable() or c.isspace() for c in text) >= 0.95 * len(text)
 
 
-def _decode_ffmpeg(path: Path, sample_rate: int | None) -> np.ndarray:
-    cmd, _ = _ffmpeg_command(path, sample_rate)
+def _decode_ffmpeg(path: Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
+    cmd, rate = _ffmpeg_command(path, sample_rate)
     try:
         proc = subprocess.run(cmd, capture_output=True, check=False)
     except OSError as e:
@@ -385,7 +434,7 @@ def _decode_ffmpeg(path: Path, sample_rate: int | None) -> np.ndarray:
     if proc.returncode != 0:
         raise _ffmpeg_failure(path, proc.returncode, proc.stderr)
     n = len(proc.stdout) // 4 * 4  # a partial trailing sample would break frombuffer
-    return np.frombuffer(proc.stdout[:n], dtype="<f4").astype(np.float32)
+    return np.frombuffer(proc.stdout[:n], dtype="<f4").astype(np.float32), rate
 
 
 def _ffmpeg_command(path: Path, sample_rate: int | None) -> tuple[list[str], int]:
@@ -474,6 +523,349 @@ def _probe_duration(path: Path) -> float | None:
         return float(proc.stdout.strip().splitlines()[0])
     except (IndexError, ValueError):  # "N/A": a stream without a known length
         return None
+
+
+# ---- containers, through PyAV
+#
+# The ffmpeg program stays as a fallback, used only when PyAV cannot open a file: PyAV's wheels
+# bundle a build of FFmpeg's libraries chosen for licensing and size, so a system ffmpeg (a
+# newer release, or one built with more demuxers and decoders) can read some files that the
+# bundled build refuses.
+
+
+class _PyAVError(Exception):
+    """PyAV could not open a file or decode its audio; ``reason`` is the message for the user."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _soundfile_lacks(ext: str) -> bool:
+    """Whether this libsndfile build cannot read ``ext`` at all (builds without MP3 or Opus
+    exist); such files go to PyAV instead."""
+    if ext == ".mp3":
+        return "MP3" not in sf.available_formats()
+    if ext in (".ogg", ".oga", ".opus"):
+        return "OGG" not in sf.available_formats() or "OPUS" not in sf.available_subtypes("OGG")
+    return False
+
+
+def _av_reason(err: BaseException) -> str:
+    """FFmpeg's own words for an error, without the file name that PyAV appends."""
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
+
+
+def _open_av(path: Path):
+    """Open ``path`` with PyAV; returns ``(container, its first audio stream)``.
+
+    Raises:
+        AudioLoadError: The file has no audio track (nothing another decoder could fix).
+        _PyAVError: PyAV cannot open it, or has no decoder for its audio codec.
+    """
+    import av  # here: it loads FFmpeg's libraries, which WAV and FLAC never need
+
+    try:
+        # metadata_errors: a tag in Latin-1 must not stop the audio from being read
+        container = av.open(os.fspath(path), metadata_errors="replace")
+    except (av.FFmpegError, OSError, ValueError) as e:
+        if _looks_like_text(path):
+            raise _PyAVError(_TEXT_FILE) from None
+        raise _PyAVError(
+            f"cannot be read as a media file, it is corrupt or truncated ({_av_reason(e)}); "
+            "re-download it"
+        ) from None
+    try:
+        streams = container.streams
+        if not streams.audio:
+            found = ", ".join(f"{s.type} ({_codec_name(s)})" for s in streams) or "none"
+            raise AudioLoadError(
+                path,
+                f"has no audio track (its streams: {found}); there is nothing to hear in it, "
+                "remove it from the dataset or use a copy with its sound",
+            )
+        stream = streams.audio[0]
+        ctx = stream.codec_context
+        if ctx is None or not ctx.sample_rate:
+            raise _PyAVError(
+                f"its audio codec '{_codec_name(stream)}' has no decoder in PyAV's FFmpeg "
+                f"build; convert the file to WAV or FLAC, or {_FFMPEG_HELP}"
+            )
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def _codec_name(stream) -> str:
+    ctx = stream.codec_context
+    return getattr(ctx, "name", None) or "unknown codec"
+
+
+def _av_declared_seconds(stream) -> float | None:
+    """The audio track's own duration: its header's, or Matroska's per-track DURATION tag."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")  # "00:01:02.500000000"
+    try:
+        h, m, sec = tag.split(":")
+        seconds = 3600 * int(h) + 60 * int(m) + float(sec)
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None
+
+
+def _av_duration(container, stream) -> float | None:
+    """The audio track's duration, else the container's (which may include a longer video)."""
+    seconds = _av_declared_seconds(stream)
+    if seconds is None and container.duration and container.duration > 0:
+        seconds = container.duration / 1_000_000  # in AV_TIME_BASE units
+    return seconds
+
+
+def _frame_array(frame, channels: int) -> np.ndarray:
+    """A decoded frame as ``(channels, samples)`` float32 in -1..1, whatever its format."""
+    x = frame.to_ndarray()  # planar: (channels, n); packed: (1, n * channels)
+    if not frame.format.is_planar:
+        x = x.reshape(-1, frame.layout.nb_channels).T
+    if x.dtype == np.uint8:
+        x = (x.astype(np.float32) - 128.0) / 128.0
+    elif x.dtype.kind == "i":
+        x = x.astype(np.float32) / float(2 ** (8 * x.itemsize - 1))
+    elif x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if x.shape[0] != channels:  # the layout changed mid-stream: keep its mix, in as many rows
+        x = np.repeat(x.mean(axis=0, keepdims=True, dtype=np.float32), channels, axis=0)
+    return x
+
+
+def _mono(x: np.ndarray) -> np.ndarray:
+    """(channels, time) -> (time,), as ``_downmix`` does for soundfile's (time, channels)."""
+    return x[0].copy() if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float32)
+
+
+class _AvAudio:
+    """The first audio track of a container, decoded by PyAV into mono float32 blocks.
+
+    Opening decodes up to the first frame, so that a file PyAV cannot read fails here, before
+    any block is yielded and while the ffmpeg fallback can still take it. ``rate`` is the
+    track's own rate (that of its first decoded frame).
+    """
+
+    def __init__(self, path: Path) -> None:
+        import av
+
+        self.path = path
+        self._errors = (av.FFmpegError, OSError, ValueError)
+        self._container, self._stream = _open_av(path)
+        try:
+            self.channels = max(1, int(self._stream.codec_context.channels))
+            self.read_error = ""  # why reading the file stopped early
+            self.bad_packets = 0  # packets the decoder refused (skipped)
+            self.bad_reason = ""  # the decoder's reason for the first of them
+            self.first_bad = "the first"  # and where that one lies
+            self.decoded_after_bad = False  # whether audio followed a skipped packet
+            self._frames = self._decode()
+            self._first = next(self._frames, None)
+            if self._first is None:
+                why = self.read_error or self.bad_reason
+                if why:
+                    raise _PyAVError(
+                        f"its audio cannot be decoded, the file is corrupt or truncated ({why}); "
+                        "re-download it"
+                    )
+                raise AudioLoadError(path, _NO_SAMPLES)
+            self.rate = int(self._first.sample_rate)
+            seconds = _av_declared_seconds(self._stream)
+            self.declared = round(seconds * self.rate) if seconds else None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._container.close()
+
+    def _decode(self) -> Iterator:
+        """Decoded frames. Reading stops at a demuxer error (a file cut short); a packet the
+        decoder refuses is skipped, as the ffmpeg program does, and counted."""
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except self._errors as e:
+                self.read_error = _av_reason(e)
+                break
+            try:
+                frames = self._stream.decode(packet)
+            except self._errors as e:
+                if not self.bad_packets:
+                    self.bad_reason = _av_reason(e)
+                    if packet.pts is not None and packet.time_base:
+                        self.first_bad += f" at {float(packet.pts * packet.time_base):.3f} s"
+                self.bad_packets += 1
+                continue
+            if frames and self.bad_packets:
+                self.decoded_after_bad = True
+            yield from frames
+        with contextlib.suppress(*self._errors):  # reading stopped early: what the decoder holds
+            yield from self._stream.decode(None)
+
+    def _arrays(self) -> Iterator[np.ndarray]:
+        """``(channels, n)`` float32 pieces in order, cut at the declared duration when what
+        follows it is no more than ``PADDING_SEC`` (codec padding). Sets ``self.done``."""
+        limit = self.declared
+        slack = round(PADDING_SEC * self.rate)
+        held: list[np.ndarray] = []  # past the declared end: padding, unless it runs on
+        n_held = 0
+        self.done = 0
+        frame = self._first
+        self._first = None  # let it go once converted
+        while frame is not None:
+            if frame.sample_rate != self.rate:
+                raise AudioLoadError(
+                    self.path,
+                    f"its audio changes sample rate part way ({self.rate} -> "
+                    f"{frame.sample_rate} Hz at {self.done / self.rate:.3f} s); convert it to "
+                    "WAV or FLAC at one rate first",
+                )
+            try:
+                x = _frame_array(frame, self.channels)
+            except ValueError:  # a sample format numpy has no type for (64-bit integers)
+                raise AudioLoadError(
+                    self.path,
+                    f"its audio comes in sample format '{frame.format.name}', which cannot be "
+                    "read here; convert it to WAV or FLAC first",
+                ) from None
+            frame = next(self._frames, None)
+            if limit is None or self.done + n_held + x.shape[1] <= limit:
+                self.done += x.shape[1]
+                yield x
+                continue
+            if not held and self.done < limit:
+                yield x[:, : limit - self.done]
+                x = x[:, limit - self.done :]
+                self.done = limit
+            held.append(x)
+            n_held += x.shape[1]
+            if n_held > slack:  # more than padding: the declared duration is wrong, keep it all
+                yield from held
+                self.done += n_held
+                held, n_held, limit = [], 0, None
+
+    def blocks(self, block: int) -> Iterator[np.ndarray]:
+        """Mono float32 blocks of ``block`` frames at ``rate`` (the last one shorter); warns at
+        the end when audio is missing or damaged. Closes the container when done."""
+        try:
+            parts: list[np.ndarray] = []
+            have = start = 0
+            for x in self._arrays():
+                parts.append(x)
+                have += x.shape[1]
+                if have < block:
+                    continue
+                data = np.concatenate(parts, axis=1)
+                whole = have // block * block
+                for i in range(0, whole, block):
+                    wav = _mono(data[:, i : i + block])
+                    _check_samples(self.path, wav, self.rate, start)
+                    start += block
+                    yield wav
+                parts = [data[:, whole:]] if whole < have else []
+                have -= whole
+            if have:
+                wav = _mono(np.concatenate(parts, axis=1))
+                _check_samples(self.path, wav, self.rate, start)
+                yield wav
+        finally:
+            self.close()
+        if self.done == 0:
+            raise AudioLoadError(self.path, _NO_SAMPLES)
+        self._warn_missing()
+
+    def _warn_missing(self) -> None:
+        rate, done = self.rate, self.done
+        short = (self.declared or 0) - done
+        missing = ""
+        if short > round(PADDING_SEC * rate):
+            missing = (
+                f"{short / rate:.3f} s missing (the header promises {self.declared / rate:.3f} s, "
+                f"the data ends at {done / rate:.3f} s)"
+            )
+        # skipped packets followed by audio explain a shortfall; a refused last packet is
+        # only the cut-off end of a truncated file
+        damaged = self.bad_packets > 0 and (
+            self.decoded_after_bad or not (missing or self.read_error)
+        )
+        problems = []
+        if self.read_error or (missing and not damaged):
+            what = "truncated" + (f", {missing}" if missing else "")
+            if self.read_error:
+                what += f" (reading stopped at {done / rate:.3f} s: {self.read_error})"
+            problems.append(what)
+        if damaged:
+            what = (
+                f"damaged, {self.bad_packets} audio packet(s) could not be decoded and were "
+                f"skipped ({self.first_bad}: {self.bad_reason})"
+            )
+            problems.append(what + (f", {missing}" if missing and not self.read_error else ""))
+        if problems:
+            warnings.warn(
+                f"{printable_path(self.path)}: {'; '.join(problems)}; using what it holds, "
+                "re-download it",
+                AudioTruncatedWarning,
+                stacklevel=3,
+            )
+
+
+def _container_reader(path: Path, fallback: AudioLoadError | None = None) -> _AvAudio | None:
+    """PyAV's reader for ``path``; None when PyAV cannot read it and the ffmpeg program is
+    installed to try instead.
+
+    Raises:
+        AudioLoadError: Why not, when neither can: ``fallback`` (soundfile's reason for a file
+            it lacks the codec for) or PyAV's reason.
+    """
+    try:
+        return _AvAudio(path)
+    except _PyAVError as e:
+        if shutil.which("ffmpeg") is not None:
+            return None
+        raise fallback or AudioLoadError(path, e.reason) from None
+
+
+def _decode_container(
+    path: Path, sample_rate: int | None, fallback: AudioLoadError | None = None
+) -> tuple[np.ndarray, int]:
+    """A container's first audio track, mono, at its own rate (PyAV) or at ``sample_rate``
+    (the ffmpeg fallback resamples); returns ``(waveform, its rate)``."""
+    reader = _container_reader(path, fallback)
+    if reader is None:
+        return _decode_ffmpeg(path, sample_rate)
+    blocks = list(reader.blocks(_block_frames(_LOAD_BLOCK_SEC, reader.rate)))
+    return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), reader.rate
+
+
+def _iter_container(
+    path: Path, sample_rate: int | None, block_sec: float, fallback: AudioLoadError | None = None
+) -> Iterator[np.ndarray]:
+    reader = _container_reader(path, fallback)
+    if reader is None:
+        cmd, rate = _ffmpeg_command(path, sample_rate)
+        return _iter_ffmpeg(path, cmd, rate, block_sec)
+    return _iter_pyav(reader, sample_rate, block_sec)
+
+
+def _iter_pyav(reader: _AvAudio, sample_rate: int | None, block_sec: float) -> Iterator[np.ndarray]:
+    rate = reader.rate
+    if sample_rate is None or sample_rate == rate:
+        yield from reader.blocks(_block_frames(block_sec, rate))
+        return
+    # whole filter periods per chunk, as for soundfile formats
+    period = rate // math.gcd(rate, sample_rate)
+    chunk = max(1, _block_frames(block_sec, rate) // period) * period
+    yield from _resample_stream(reader.blocks(chunk), rate, sample_rate, chunk)
 
 
 # ---- streaming

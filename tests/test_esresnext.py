@@ -1,12 +1,16 @@
 """ESResNeXt-fbsp and AudioCLIP's audio branch: FBSP front end, gates, published weights."""
 
+import csv
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
+from audio_cls.cli import main
+from audio_cls.commands import UsageError
 from audio_cls.models import create_model, get_model_entry
 from audio_cls.models.labels import audioset_labels
 from audio_cls.nn.fbsp import FBSPSettings, analysis_window, frame_signal
@@ -189,5 +193,35 @@ def test_gates_multiply_the_stages_and_att5_gates_the_pooled_features():
     # published: average-pool, then times att5 of the max-pooled map
     expected = layer4.mean((-2, -1)) * gate[..., 0, 0]
     torch.testing.assert_close(model.forward_head(taps["gated"], pre_logits=True), expected)
-    plain = create_model("esresnext_fbsp", 3, attention=False, **get_model_entry("esresnext_fbsp").tiny)
+    plain = create_model(
+        "esresnext_fbsp", 3, attention=False, **get_model_entry("esresnext_fbsp").tiny
+    )
     assert not any(k.startswith("backbone.att") for k in plain.state_dict())
+
+
+def test_classify_tags_audio_with_the_published_audioset_weights(
+    esresnext_file, tmp_path, monkeypatch, write_tone
+):
+    """``--ckpt esresnext_fbsp_audioset``: fetched once (here from a local copy), AudioSet names."""
+    fetched = []
+
+    def fake_download(url, dst, progress=True):
+        fetched.append(url)
+        shutil.copy(esresnext_file, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setenv("AUDIO_CLS_CACHE", str(tmp_path / "cache"))
+    tone = write_tone(tmp_path / "tone.wav", sr=44100, seconds=1.0)
+    out = tmp_path / "tags.csv"
+    main(["classify", str(tone), "--ckpt", "esresnext_fbsp_audioset", "--out", str(out)])
+    assert fetched == [get_model_entry("esresnext_fbsp").pretrained[0].source]
+    with out.open() as f:
+        row = next(csv.DictReader(f))
+    assert row["prediction"] in audioset_labels()
+    assert "prob_Male speech, man speaking" in row
+
+
+def test_classify_refuses_published_weights_without_label_names(tmp_path, write_tone):
+    tone = write_tone(tmp_path / "tone.wav", sr=44100, seconds=1.0)
+    with pytest.raises(UsageError, match="no label names to classify with; fit a classifier"):
+        main(["classify", str(tone), "--ckpt", "audioclip_full", "--out", str(tmp_path / "o.csv")])

@@ -299,11 +299,12 @@ def test_ffmpeg_stops_when_the_caller_stops(tmp_path, monkeypatch):
         os.kill(int(pid_file.read_text()), 0)
 
 
-def test_ffmpeg_missing_fails_at_the_call(tmp_path, monkeypatch):
+def test_broken_container_without_ffmpeg_fails_at_the_call(tmp_path, monkeypatch):
     _use(monkeypatch)
     p = tmp_path / "video.mp4"
     p.write_bytes(b"junk")
-    assert "needs ffmpeg" in _call_error(p, sample_rate=16000).reason
+    # PyAV reads containers in process: a broken one fails at the call, with its reason
+    assert "not an audio file" in _call_error(p, sample_rate=16000).reason
 
 
 @pytest.mark.skipif(not HAS_FFMPEG, reason="ffmpeg is not installed on this machine")
@@ -335,7 +336,8 @@ def test_duration_of_a_container(tmp_path, monkeypatch):
     p = tmp_path / "video.mp4"
     p.write_bytes(b"junk")
     _use(monkeypatch)
-    assert audio_duration(p) is None  # ffprobe missing: unknown, not an error
+    with pytest.raises(AudioLoadError, match="not an audio file"):  # neither PyAV nor ffprobe
+        audio_duration(p)
     probe = _fake_tool(
         tmp_path,
         "ffprobe",

@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from audio_cls.models import MelCNN, create_model, list_pretrained
+from audio_cls.models import MelCNN, create_model, get_model_entry, list_models, list_pretrained
 from audio_cls.models.registry import OWN_WEIGHTS, PretrainedConfig, resolve_pretrained
 from audio_cls.nn.weights import PretrainedWeightsError
 
@@ -104,3 +104,23 @@ def test_tags_resolve_and_paths_use_the_family_template():
     assert (
         resolve_pretrained(create_model("mel_cnn", 3, **TINY), "x.pth").rename == OWN_WEIGHTS.rename
     )
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in list_models() if get_model_entry(n).pretrained], ids=str
+)
+def test_a_run_of_a_family_with_published_weights_starts_another(name, tmp_path):
+    """``pretrained: run.ckpt`` reads our own names, whatever layout (h5, npy, renames) the
+    family's published weights have."""
+    entry = get_model_entry(name)
+    rate = entry.frontend.sample_rate or 16000
+    torch.manual_seed(1)
+    source = create_model(name, 3, sample_rate=rate, **entry.tiny)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(source)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    torch.manual_seed(2)
+    model = create_model(
+        name, 3, sample_rate=rate, pretrained=str(tmp_path / "run.ckpt"), **entry.tiny
+    )
+    assert _equal(model, source)

@@ -111,7 +111,7 @@ def test_resolve_url_downloads_once_into_the_cache(tmp_path, monkeypatch):
     url = "https://example.org/models/cnn%2014.pth?download=1"
 
     path = resolve_weights(url)
-    assert path == tmp_path / "cache" / "weights" / "cnn 14.pth"
+    assert path.name == "cnn 14.pth" and path.parent.parent == tmp_path / "cache" / "weights"
     assert fake.calls[0][0] == url
     assert fake.calls[0][1].parent == path.parent  # written beside it, then renamed
     assert fake.calls[0][1] != path
@@ -121,8 +121,11 @@ def test_resolve_url_downloads_once_into_the_cache(tmp_path, monkeypatch):
     torch.testing.assert_close(read_weights(path)["w"], torch.arange(3.0))
 
     other = resolve_weights("http://example.org/b.npy", cache_dir=tmp_path / "mine")
-    assert other == tmp_path / "mine" / "b.npy"
+    assert other.name == "b.npy" and other.parent.parent == tmp_path / "mine"
     assert other.read_bytes() == buf.getvalue()
+    # the same file name under another URL is another file
+    again = resolve_weights("http://example.org/other/b.npy", cache_dir=tmp_path / "mine")
+    assert again != other and len(fake.calls) == 3
 
 
 def test_resolve_url_failure_leaves_nothing(tmp_path, monkeypatch):
@@ -146,6 +149,7 @@ def test_resolve_hub_repo(tmp_path, monkeypatch):
 
     def fake_snapshot(repo_id, allow_patterns=None, **kwargs):
         calls.append((repo_id, allow_patterns))
+        (tmp_path / "model.safetensors").write_bytes(b"x")
         return str(tmp_path)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
@@ -155,6 +159,24 @@ def test_resolve_hub_repo(tmp_path, monkeypatch):
         ("facebook/vjepa2-vitl-fpc64-256", ["*.safetensors", "*.json"]),
         ("owner/model.pth", ["*.pth"]),
     ]
+
+
+def test_hub_repo_without_safetensors_gives_its_pytorch_model_bin(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(repo_id, allow_patterns=None, **kwargs):
+        calls.append(allow_patterns)
+        if allow_patterns == ["pytorch_model.bin"]:
+            (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+        else:
+            (tmp_path / "config.json").write_text("{}")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert resolve_weights("facebook/wav2vec2-base") == tmp_path / "pytorch_model.bin"
+    assert calls == [["*.safetensors", "*.json"], ["pytorch_model.bin"]]
 
 
 def test_resolve_hub_failure_says_what_to_do(monkeypatch):

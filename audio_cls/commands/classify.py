@@ -7,6 +7,10 @@ shifts) and aggregated per clip by the inference core; no Trainer is involved. A
 cannot be read is listed with its reason (in the output and on stderr) while the others are
 labelled.
 
+``--ckpt`` may also name published weights that come with a classifier and label names
+(``audio-cls models --pretrained`` lists them; e.g. ``esresnext_fbsp_audioset`` tags AudioSet's
+527 classes), fetched once and cut into the default 0.96 s windows.
+
 With ``--backend onnxruntime``, ``--ckpt`` is an ONNX file from ``audio-cls export`` instead:
 its metadata carries the same contract, and onnxruntime runs the graph inside the same
 inference core (windows, batches, TTA and aggregation are shared code, not a second copy).
@@ -33,7 +37,7 @@ from audio_cls.inference import (
     WindowSettings,
     collect,
 )
-from audio_cls.models import load_classifier
+from audio_cls.models import create_model, list_pretrained, load_classifier
 from audio_cls.reports import write_predictions, write_timeline
 
 __all__ = ["BACKENDS", "classify", "load_model", "predict_inputs"]
@@ -59,6 +63,9 @@ def load_model(
                 f"--ckpt {ckpt} is an ONNX file: add --backend onnxruntime (the torch backend "
                 f"reads .ckpt checkpoints from `audio-cls fit`)"
             )
+        if not Path(ckpt).exists() and any(c.tag == ckpt for _, c in list_pretrained()):
+            model = _published_classifier(str(ckpt))
+            return model, WindowSettings(model.sample_rate), list(model.class_names), device
         model, section = load_classifier(ckpt)
         windows = WindowSettings.from_section(section, model.sample_rate)
         return model, windows, list(model.class_names), device
@@ -80,6 +87,18 @@ def load_model(
         raise UsageError(str(err)) from None
     windows = WindowSettings.from_section(section, session.sample_rate)
     return session, windows, session.class_names, "cpu"
+
+
+def _published_classifier(tag: str) -> torch.nn.Module:
+    """The model of published weights ``tag``, with their classifier and label names."""
+    family, config = next((n, c) for n, c in list_pretrained() if c.tag == tag)
+    if not config.class_names:
+        raise UsageError(
+            f"--ckpt {tag}: these published weights have no label names to classify with; fit "
+            f"a classifier on them first (audio-cls fit ... --model.init_args.pretrained {tag})"
+        )
+    model = create_model(family, len(config.class_names), pretrained=tag, **config.model_args)
+    return model.eval()
 
 
 def predict_inputs(
@@ -172,7 +191,8 @@ def classify(
 
     Args:
         inputs: Audio files, folders or ``.csv`` manifests (given as bare words).
-        ckpt: Checkpoint (``.ckpt``) written by ``audio-cls fit``; with ``--backend
+        ckpt: Checkpoint (``.ckpt``) written by ``audio-cls fit``, or a tag of published
+            weights with label names (``esresnext_fbsp_audioset``); with ``--backend
             onnxruntime``, the ``.onnx`` file written by ``audio-cls export``.
         out: Per-clip output, ``.csv`` or ``.json``.
         timeline: Per-window CSV, for long recordings.

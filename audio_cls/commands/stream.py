@@ -12,7 +12,6 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -145,7 +144,7 @@ def stream(
         top_k: Classes printed per window.
         jsonl: Print each message as a JSON line instead of a table row.
     """
-    from audio_cls.io import FFMPEG_EXTENSIONS, audio_info, load_audio
+    from audio_cls.io import audio_info, load_audio
 
     if not files:
         raise UsageError("give an audio file to stream: audio-cls stream FILE [--url ...]")
@@ -164,9 +163,8 @@ def stream(
 
     everything: list[dict[str, Any]] = []
     for path in files:
-        # ffmpeg decodes containers at a rate we choose; other files keep their own rate
-        ext = Path(path).suffix.lower()
-        rate = 16000 if ext in FFMPEG_EXTENSIONS else audio_info(path)[0]
+        # every file (a video's audio track too) is sent at its own rate; the server resamples
+        rate = audio_info(path)[0]
         wav = load_audio(path, rate)
         if len(files) > 1 and not jsonl:
             print(f"== {path}", flush=True)

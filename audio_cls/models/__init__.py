@@ -17,7 +17,10 @@ from audio_cls.models.registry import (
     list_pretrained,
     register_model,
 )
+from audio_cls.models.soundnet import SoundNetClassifier
 from audio_cls.models.vjepa2 import VJEPA2Classifier
+from audio_cls.models.wav2vec2 import Wav2Vec2Classifier
+from audio_cls.models.yamnet import YAMNetClassifier
 
 __all__ = [
     "AudioCLIPAudio",
@@ -28,7 +31,10 @@ __all__ = [
     "MambaClassifier",
     "MelCNN",
     "PretrainedConfig",
+    "SoundNetClassifier",
     "VJEPA2Classifier",
+    "Wav2Vec2Classifier",
+    "YAMNetClassifier",
     "create_model",
     "get_model_entry",
     "list_models",

@@ -54,7 +54,7 @@ from audio_cls.nn.frontends import (
     frontend_from_dict,
     settings_mismatch,
 )
-from audio_cls.nn.heads import ClassifierHead, Pooling
+from audio_cls.nn.heads import ClassifierHead, MultiTapHead, Pooling
 from audio_cls.nn.optim import param_groups
 
 __all__ = [
@@ -112,6 +112,10 @@ class AudioClassifier(L.LightningModule):
         embed_dim: Project the pooled features to this width before the classifier (the
             embedding that ``embed`` returns); None: no projection.
         normalize_embedding: Scale the embedding to unit L2 norm (as AudioCLIP's audio branch).
+        taps: One head per named backbone tap (e.g. SoundNet's ``[pool5, conv6, conv7]``),
+            trained with the losses summed; None: one head on the backbone's output.
+        tap_combine: With ``taps``: ``mean`` of the heads' probabilities (the embedding
+            concatenates theirs), or the name of the one tap whose head predicts and embeds.
         head_dropout: Dropout before the classifier layer.
         label_smoothing: Cross-entropy label smoothing.
         lr: Peak learning rate of the head (and of the rest unless ``backbone_lr`` is set).
@@ -151,6 +155,8 @@ class AudioClassifier(L.LightningModule):
         pool_layers: int = 1,
         embed_dim: int | None = None,
         normalize_embedding: bool = False,
+        taps: list[str] | None = None,
+        tap_combine: str = "mean",
         head_dropout: float = 0.2,
         label_smoothing: float = 0.1,
         lr: float = 1e-3,
@@ -183,17 +189,30 @@ class AudioClassifier(L.LightningModule):
         )
         self.frontend = settings.build(settings.resolve_rate(sample_rate))
         self.backbone = cls.backbone_cls(self.frontend.output.channels, **backbone_options)
-        self.head = ClassifierHead(
-            self.backbone.num_features,
-            num_classes,
-            pooling,
-            self.backbone.layout,
-            head_dropout,
-            pool_heads or getattr(self.backbone, "num_heads", 1),
-            pool_layers,
-            embed_dim,
-            normalize_embedding,
-        )
+        head_options = {
+            "pooling": pooling,
+            "layout": self.backbone.layout,
+            "dropout": head_dropout,
+            "pool_heads": pool_heads or getattr(self.backbone, "num_heads", 1),
+            "pool_layers": pool_layers,
+            "embed_dim": embed_dim,
+            "normalize_embedding": normalize_embedding,
+        }
+        self.taps = list(taps or [])
+        self.head: ClassifierHead | MultiTapHead
+        if self.taps:
+            widths = getattr(self.backbone, "tap_features", {})
+            unknown = [t for t in self.taps if t not in widths]
+            if unknown:
+                has = ", ".join(widths) or "none: it offers no taps for heads"
+                raise ValueError(
+                    f"--model.taps {unknown}: {type(self.backbone).__name__} has taps {has}"
+                )
+            self.head = MultiTapHead(
+                {t: widths[t] for t in self.taps}, num_classes, tap_combine, **head_options
+            )
+        else:
+            self.head = ClassifierHead(self.backbone.num_features, num_classes, **head_options)
         # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix
         self.metrics = nn.ModuleDict(
             {f"{stage}_metrics": segment_metrics(num_classes) for stage in STAGES}
@@ -236,13 +255,20 @@ class AudioClassifier(L.LightningModule):
         """Width of :meth:`embed`'s output."""
         return self.head.num_features
 
-    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Waveform ``(B, T)`` -> the backbone's unpooled features."""
+    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Waveform ``(B, T)`` -> the backbone's unpooled features (with ``taps``: each tap's,
+        by name)."""
         if waveform.ndim != 2:
             raise ValueError(f"expected a waveform batch (B, T), got shape {tuple(waveform.shape)}")
-        return self.backbone(self.frontend(waveform))
+        features = self.frontend(waveform)
+        if self.taps:
+            taps = self.backbone.forward_intermediates(features)
+            return {name: taps[name] for name in self.taps}
+        return self.backbone(features)
 
-    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(
+        self, features: torch.Tensor | dict[str, torch.Tensor], pre_logits: bool = False
+    ) -> torch.Tensor:
         """Unpooled features -> logits ``(B, C)``, or the embedding ``(B, D)`` with ``pre_logits``."""
         return self.head(features, pre_logits=pre_logits)
 
@@ -259,7 +285,8 @@ class AudioClassifier(L.LightningModule):
             last = taps[next(reversed(taps))]
         else:
             last = taps["features"] = self.backbone(feats)
-        taps["embedding"] = self.head(last, pre_logits=True)
+        head_input = {name: taps[name] for name in self.taps} if self.taps else last
+        taps["embedding"] = self.head(head_input, pre_logits=True)
         return taps
 
     def embed(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -304,9 +331,19 @@ class AudioClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["waveform"])
         target = batch["soft"] if "soft" in batch else batch["target"]
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=self.hparams.label_smoothing)
+        smoothing = self.hparams.label_smoothing
+        features = self.forward_features(batch["waveform"])
+        if isinstance(self.head, MultiTapHead):  # one loss per head, summed
+            per_head = self.head.head_logits(features)
+            loss = sum(
+                F.cross_entropy(x.float(), target, label_smoothing=smoothing)
+                for x in per_head.values()
+            )
+            logits = self.head.combine_logits(per_head)
+        else:
+            logits = self.forward_head(features)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         regularization = self.frontend.regularization_loss()
         if regularization is not None:  # e.g. FBSP's filter-norm loss
             self.log("train/frontend_loss", regularization, on_step=False, on_epoch=True)

@@ -9,7 +9,7 @@ the front end they expect.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -99,8 +99,22 @@ class PretrainedConfig:
             )
         self.check_frontend(model)
         weights = read_weights(resolve_weights(self.source), self.format)
+        if self.rename != OWN_WEIGHTS.rename and _has_own_names(weights):
+            # another audio-cls run of this family (a .ckpt or its state dict), not the
+            # published layout: our names, the whole model
+            return replace(OWN_WEIGHTS, tag=self.tag, source=self.source)._load(
+                model, weights, prefixes
+            )
         if self.convert is not None:
             weights = self.convert(weights)
+        return self._load(model, weights, prefixes)
+
+    def _load(
+        self,
+        model: AudioClassifier,
+        weights: dict[str, torch.Tensor],
+        prefixes: Sequence[str] | None,
+    ) -> list[str]:
         what = f"pretrained weights {self.tag or self.source}"
         renamed = {}
         for key, value in weights.items():
@@ -117,8 +131,15 @@ class PretrainedConfig:
         elif self.covers is None:
             only = None
         else:
-            present = [p for p in self.optional if any(k.startswith(p) for k in renamed)]
-            only = [*self.covers, *present]
+            # parts this model does not build (a shallower variant) are neither required nor
+            # loaded; optional parts load where both sides have them
+            built = [p for p in self.covers if any(k.startswith(p) for k in ours)]
+            present = [
+                p
+                for p in self.optional
+                if any(k.startswith(p) for k in renamed) and any(k.startswith(p) for k in ours)
+            ]
+            only = [*built, *present]
         report = load_into(
             model, weights, rename=self.rename, drop=drop, only=only, strict=True, what=what
         )
@@ -128,9 +149,16 @@ class PretrainedConfig:
         return report.loaded
 
 
-#: Used when ``pretrained`` is a file of a family without published weights: another
-#: audio-cls checkpoint (``.ckpt``) or a state dict with our own key names.
+#: Used when ``pretrained`` is another audio-cls checkpoint (``.ckpt``) or a state dict with our
+#: own key names, whatever layout the family's published weights have.
 OWN_WEIGHTS = PretrainedConfig(rename=(("state_dict.", ""),), description="our own key names")
+
+
+def _has_own_names(weights: Mapping[str, Any]) -> bool:
+    """Whether ``weights`` use our key names (``backbone.*`` and ``head.*``, bare or under
+    ``state_dict.`` as in a Lightning checkpoint): no published layout has both."""
+    keys = [k.removeprefix("state_dict.") for k in weights]
+    return any(k.startswith("backbone.") for k in keys) and any(k.startswith("head.") for k in keys)
 
 
 @dataclass(frozen=True)
@@ -212,7 +240,8 @@ def resolve_pretrained(model: AudioClassifier, spec: str) -> PretrainedConfig:
         if config.tag and config.tag == spec:
             return config
     template = entry.pretrained[0] if entry.pretrained else OWN_WEIGHTS
-    return replace(template, tag="", source=spec)
+    # a user's file: its suffix tells the format (a .ckpt of ours, the published .h5...)
+    return replace(template, tag="", source=spec, format=None)
 
 
 def create_model(

@@ -21,6 +21,7 @@ __all__ = [
     "ClassifierHead",
     "FeatureLayout",
     "FeaturePool",
+    "MultiTapHead",
     "Pooling",
 ]
 
@@ -208,3 +209,67 @@ class ClassifierHead(nn.Module):
         if self.normalize_embedding:
             embedding = nn.functional.normalize(embedding, dim=-1)
         return embedding if pre_logits else self.fc(self.dropout(embedding))
+
+
+class MultiTapHead(nn.Module):
+    """One :class:`ClassifierHead` per named backbone tap (SoundNet's ``pool5``, ``conv6``,
+    ``conv7``), trained with the heads' losses summed.
+
+    The prediction is the mean of the heads' probabilities (returned as its log, so that a
+    softmax downstream gives that mean back), or one head's logits with ``combine: <tap>``; the
+    embedding is the concatenation of the heads' embeddings, or the chosen head's.
+
+    Args:
+        tap_features: Feature width of each tap, by name.
+        num_classes: Output classes.
+        combine: ``mean`` of the heads' probabilities, or the name of the one head to use.
+        **head_options: :class:`ClassifierHead`'s options (pooling, layout, dropout, ...).
+    """
+
+    def __init__(
+        self, tap_features: dict[str, int], num_classes: int, combine: str = "mean", **head_options
+    ) -> None:
+        super().__init__()
+        if combine != "mean" and combine not in tap_features:
+            raise ValueError(
+                f"--model.tap_combine {combine!r}: use mean or one of the taps "
+                f"{', '.join(tap_features)}"
+            )
+        self.heads = nn.ModuleDict(
+            {
+                name: ClassifierHead(d, num_classes, **head_options)
+                for name, d in tap_features.items()
+            }
+        )
+        self.combine = combine
+        widths = {name: head.num_features for name, head in self.heads.items()}
+        self.num_features = sum(widths.values()) if combine == "mean" else widths[combine]
+
+    @property
+    def pool(self) -> FeaturePool:
+        """The first head's pooling (every head pools alike)."""
+        return next(iter(self.heads.values())).pool
+
+    def reset(self, num_classes: int) -> None:
+        for head in self.heads.values():
+            head.reset(num_classes)
+
+    def head_logits(self, taps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each head's logits ``(B, C)``, by tap."""
+        return {name: head(taps[name]) for name, head in self.heads.items()}
+
+    def combine_logits(self, logits: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The prediction's logits from the heads' logits."""
+        if self.combine != "mean":
+            return logits[self.combine]
+        probs = torch.stack([x.float().softmax(-1) for x in logits.values()]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+    def forward(self, taps: dict[str, torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        if pre_logits:
+            if self.combine != "mean":
+                return self.heads[self.combine](taps[self.combine], pre_logits=True)
+            return torch.cat(
+                [head(taps[name], pre_logits=True) for name, head in self.heads.items()], dim=-1
+            )
+        return self.combine_logits(self.head_logits(taps))

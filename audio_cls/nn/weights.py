@@ -17,6 +17,8 @@ onto a module's own and loads what fits, with one readable report of what does n
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pickle
 import re
@@ -135,7 +137,9 @@ def _download(url: str, cache_dir: str | Path | None) -> Path:
         raise PretrainedWeightsError(
             f"{url}: the URL names no file; download it elsewhere and pass the local path instead"
         )
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    # one folder per URL: two releases both named pytorch_model.bin must not share a file
+    folder = root / hashlib.sha256(url.encode()).hexdigest()[:16]
     target = folder / name
     if target.is_file():
         return target
@@ -154,6 +158,8 @@ def _download(url: str, cache_dir: str | Path | None) -> Path:
         os.replace(tmp, target)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the URL's folder, unless another copy is there
+            folder.rmdir()
         if not isinstance(err, Exception):
             raise  # KeyboardInterrupt and the like: clean up, then let it through
         raise PretrainedWeightsError(
@@ -174,8 +180,8 @@ def resolve_weights(
         source: One of
 
             * a local file or folder (``~`` is expanded): returned as is;
-            * an ``http://`` or ``https://`` URL: downloaded once into ``cache_dir`` under the
-              file name of the URL's path, and read from there afterwards;
+            * an ``http://`` or ``https://`` URL: downloaded once into ``cache_dir`` (a folder
+              per URL, the file under its own name), and read from there afterwards;
             * a Hugging Face hub repo, ``owner/name`` or ``hf-hub:owner/name``: fetched with
               ``huggingface_hub.snapshot_download`` into its own cache (``$HF_HUB_CACHE``). A
               name ending in a weights suffix (``weights/model.pth``) is taken for a missing
@@ -184,7 +190,7 @@ def resolve_weights(
         cache_dir: Where URLs are downloaded to; None: ``$AUDIO_CLS_CACHE/weights``, else
             ``~/.cache/audio-cls/weights``.
         allow_patterns: Which files of a hub repo to fetch; None: ``*.safetensors`` and
-            ``*.json``.
+            ``*.json``, or the repo's ``pytorch_model.bin`` where it has no safetensors.
 
     Returns:
         The local file or folder.
@@ -204,7 +210,13 @@ def resolve_weights(
 
         patterns = allow_patterns or ["*.safetensors", "*.json"]
         try:
-            return Path(snapshot_download(repo, allow_patterns=patterns))
+            folder = Path(snapshot_download(repo, allow_patterns=patterns))
+            if allow_patterns is None and not any(folder.glob("*.safetensors")):
+                # older repos (facebook/wav2vec2-base) hold only a pickled state dict
+                bin_folder = Path(snapshot_download(repo, allow_patterns=["pytorch_model.bin"]))
+                if (bin_folder / "pytorch_model.bin").is_file():
+                    return bin_folder / "pytorch_model.bin"
+            return folder
         except Exception as err:  # offline, unknown repo, HTTP and name errors alike
             raise PretrainedWeightsError(
                 f"could not fetch weights {source!r} from the Hugging Face hub "

@@ -1,20 +1,19 @@
 """Request bodies -> mono float32 waveforms at the model's rate, or a :class:`RequestError`.
 
-Uploaded files are decoded by :mod:`audio_cls.io` (WAV, FLAC, OGG, MP3...; containers need
-ffmpeg); raw PCM bodies are little-endian float32 or int16. Every refusal carries the HTTP
-status and a message that says what to send instead.
+Uploaded files are decoded by :mod:`audio_cls.io` (WAV, FLAC, OGG, MP3...; containers such as
+MP4, M4A and WebM in process, through PyAV); raw PCM bodies are little-endian float32 or int16.
+Every refusal carries the HTTP status and a message that says what to send instead.
 """
 
 from __future__ import annotations
 
 import io
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from audio_cls.io import AUDIO_EXTENSIONS, FFMPEG_EXTENSIONS, MAX_SAMPLE, AudioLoadError, load_audio
+from audio_cls.io import AUDIO_EXTENSIONS, MAX_SAMPLE, AudioLoadError, load_audio
 
 __all__ = [
     "MAX_SAMPLE_RATE",
@@ -35,6 +34,9 @@ MAX_SAMPLE_RATE = 384000
 
 # What libsndfile's format sniffing reports -> an extension load_audio accepts
 _SNIFFED = {"WAV": ".wav", "WAVEX": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3"}
+# What FFmpeg's probing (PyAV) reports for containers -> an extension load_audio accepts; a
+# browser's MediaRecorder uploads WebM or MP4 named "blob"
+_SNIFFED_CONTAINERS = {"matroska": ".mkv", "mov": ".mp4", "aac": ".aac", "avi": ".avi"}
 
 
 class RequestError(ValueError):
@@ -136,31 +138,40 @@ def _suffix(filename: str, data: bytes) -> str:
         fmt = ""
     if fmt in _SNIFFED:
         return _SNIFFED[fmt]
+    container = _sniff_container(data)
+    if container:
+        return container
     raise RequestError(
         415,
         f"{filename or 'the upload'}: unsupported file type "
-        f"'{suffix or 'no extension'}'; send WAV, FLAC, OGG or MP3 "
-        f"(or raw PCM as application/octet-stream)",
+        f"'{suffix or 'no extension'}'; send WAV, FLAC, OGG, MP3, or a video or audio "
+        f"container such as MP4, M4A or WebM (or raw PCM as application/octet-stream)",
     )
+
+
+def _sniff_container(data: bytes) -> str:
+    """The extension of a container that FFmpeg recognises in ``data``; '' when none."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), metadata_errors="replace") as container:
+            names = container.format.name.split(",")  # e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    except Exception:  # not a container either; any failure of the probe means that
+        return ""
+    return next((_SNIFFED_CONTAINERS[n] for n in names if n in _SNIFFED_CONTAINERS), "")
 
 
 def decode_upload(filename: str, data: bytes, model_rate: int) -> np.ndarray:
     """An uploaded audio file -> float32 at ``model_rate``.
 
     Raises:
-        RequestError: 415 for a file type the server cannot decode (a container when ffmpeg is
-            missing), 422 for an empty, corrupt or frameless file.
+        RequestError: 415 for a file type the server cannot decode, 422 for an empty, corrupt
+            or frameless file, or a video without an audio track.
     """
     name = Path(filename or "upload").name
     if not data:
         raise RequestError(422, f"{name}: the file is empty (0 bytes); it holds no audio")
     suffix = _suffix(name, data)
-    if suffix in FFMPEG_EXTENSIONS and shutil.which("ffmpeg") is None:
-        raise RequestError(
-            415,
-            f"{name}: decoding '{suffix}' needs ffmpeg, which is not installed on the server; "
-            f"send WAV, FLAC, OGG or MP3, or install ffmpeg where the server runs",
-        )
     with tempfile.TemporaryDirectory(prefix="audio-cls-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)

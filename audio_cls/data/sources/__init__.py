@@ -7,6 +7,7 @@ from audio_cls.data.sources.folder import ClassFolders
 from audio_cls.data.sources.manifest import CSVManifest
 from audio_cls.data.sources.synthetic import SYNTHETIC_CLASSES, Synthetic
 from audio_cls.data.sources.urbansound8k import UrbanSound8K
+from audio_cls.data.sources.video import VideoFolder
 
 __all__ = [
     "ESC50",
@@ -20,4 +21,5 @@ __all__ = [
     "ManifestError",
     "Synthetic",
     "UrbanSound8K",
+    "VideoFolder",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "write_confusion_matrix",
     "write_metrics",
     "write_predictions",
+    "write_submission",
     "write_timeline",
 ]
 
@@ -80,6 +81,26 @@ def write_predictions(
                 + [f"{float(p):.6f}" for p in results.probs[i]]
                 + ["", results.warnings.get(clip_id, "")]
             )
+
+
+def write_submission(
+    path: Path,
+    results: ClipResults,
+    class_names: Sequence[str],
+    id_column: str = "Id",
+    label_column: str = "Category",
+) -> None:
+    """A challenge's submission file: one ``Id,Category`` row per predicted clip, in order.
+
+    Clips without a prediction (unreadable files) have no row: the caller reports them.
+    """
+    predicted = results.probs.argmax(1)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([id_column, label_column])
+        for i, clip_id in enumerate(results.clip_ids):
+            if clip_id not in results.errors and results.covered[i]:
+                w.writerow([clip_id, class_names[int(predicted[i])]])
 
 
 def write_timeline(

@@ -93,6 +93,22 @@ def test_classify_lists_unreadable_files_and_labels_the_rest(checkpoint, clips, 
     assert exit_.value.code == 1
 
 
+def test_classify_writes_a_submission_of_ids_and_categories(checkpoint, clips, tmp_path, capsys):
+    main(["classify", "--ckpt", str(checkpoint), str(tmp_path / "in"), "--out",
+          str(tmp_path / "s.csv"), "--format", "submission"])  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "s.csv").read_text().splitlines()))
+    assert list(rows[0]) == ["Id", "Category"]
+    assert [r["Id"] for r in rows] == ["t0", "t1", "t2"]
+    assert {r["Category"] for r in rows} <= {"a", "b", "c"}
+    (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
+    with pytest.raises(SystemExit) as exit_:  # a submission without every Id is invalid
+        main(["classify", "--ckpt", str(checkpoint), str(tmp_path / "in"), "--out",
+              str(tmp_path / "s.csv"), "--format", "submission"])  # fmt: skip
+    assert exit_.value.code == 1
+    assert [r["Id"] for r in csv.DictReader((tmp_path / "s.csv").open())] == ["t0", "t1", "t2"]
+    assert "skipped broken" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [

@@ -38,7 +38,7 @@ from audio_cls.inference import (
     collect,
 )
 from audio_cls.models import create_model, list_pretrained, load_classifier
-from audio_cls.reports import write_predictions, write_timeline
+from audio_cls.reports import write_predictions, write_submission, write_timeline
 
 __all__ = ["BACKENDS", "classify", "load_model", "predict_inputs"]
 
@@ -185,6 +185,7 @@ def classify(
     strict: bool = False,
     backend: Backend = "torch",
     precision: Literal["32", "bf16"] = "32",
+    format: Literal["auto", "submission"] = "auto",
 ) -> ClipResults:
     """Classify audio files, folders (recursive) or CSV manifests (a ``path`` column) with a
     checkpoint from ``audio-cls fit``.
@@ -195,6 +196,9 @@ def classify(
             weights with label names (``esresnext_fbsp_audioset``); with ``--backend
             onnxruntime``, the ``.onnx`` file written by ``audio-cls export``.
         out: Per-clip output, ``.csv`` or ``.json``.
+        format: ``auto``: by the extension of ``--out``; ``submission``: a challenge's ``Id,Category``
+            CSV (the clip id is the file name without extension), and exit status 1 when a clip
+            could not be predicted (a submission missing an Id is invalid).
         timeline: Per-window CSV, for long recordings.
         top_k: Classes listed per clip.
         tta: Time-shifted copies averaged per window (1: off).
@@ -225,7 +229,10 @@ def classify(
         ckpt, inputs, batch_size, tta, tta_max_shift, aggregation, device, limit, backend, precision
     )
     elapsed = time.perf_counter() - started
-    if out_path.suffix.lower() == ".json":
+    if format == "submission":
+        write_submission(out_path, results, names)
+        strict = True
+    elif out_path.suffix.lower() == ".json":
         out_path.write_text(json.dumps(_to_json(results, names, top_k), indent=2))
     else:
         write_predictions(out_path, results, names, top_k)

@@ -18,14 +18,20 @@ def models(pretrained: bool = False) -> None:
         rows = list_pretrained()
         if not rows:
             print("no pretrained weights are registered")
+        tag_w = max((len(c.tag) for _, c in rows), default=0)
+        name_w = max((len(n) for n, _ in rows), default=0)
         for name, config in rows:
             needs = ", ".join(f"{k}={v}" for k, v in config.model_args.items())
-            print(f"{config.tag:<30} {name:<12} {config.source}")
-            print(f"{'':<30} {config.description}" + (f"; needs {needs}" if needs else ""))
+            source = config.source or "(no download: pass the local file)"
+            print(f"{config.tag:<{tag_w}}  {name:<{name_w}}  {source}")
+            print(f"{'':<{tag_w}}  {config.description}" + (f"; needs {needs}" if needs else ""))
         return
-    for name in list_models():
+    names = list_models()
+    name_w = max(len(n) for n in names)
+    class_w = max(len(get_model_entry(n).cls.__qualname__) for n in names)
+    for name in names:
         entry = get_model_entry(name)
         front = {k: v for k, v in entry.frontend.contract().items() if v is not None}
         kind = front.pop("kind")
         settings = " ".join(f"{k}={v}" for k, v in front.items())
-        print(f"{name:<12} {entry.cls.__qualname__:<20} {kind}: {settings}")
+        print(f"{name:<{name_w}}  {entry.cls.__qualname__:<{class_w}}  {kind}: {settings}")

@@ -29,7 +29,7 @@ from audio_cls.io import AudioLoadError, AudioTruncatedWarning, load_audio
 __all__ = ["WaveformCache", "default_cache_dir"]
 
 _log = logging.getLogger(__name__)
-_VERSION = "v1"  # bump when the entry format or the decoding changes
+_VERSION = "v2"  # bump when the entry format or the decoding changes (v2: PyAV decodes)
 # Python < 3.13 keeps a duplicate descriptor open for every live map
 _MMAP_KW = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 

@@ -11,7 +11,8 @@ import soundfile as sf
 import yaml
 
 from audio_cls.cli import main
-from audio_cls.commands import VERBS
+from audio_cls.commands import VERBS, UsageError
+from audio_cls.commands.embed import read_embeddings
 from audio_cls.models import get_model_entry
 from tests.conftest import TINY_SYNTHETIC
 
@@ -232,6 +233,9 @@ def test_cross_validation(synthetic_root, tmp_path, monkeypatch, capsys):
             *TINY_SOURCE,
             *FAST,
             "--trainer.max_epochs=1",
+            "--cv.boost=true",  # and LightGBM on each fold's embeddings of its own model
+            "--boost.n_estimators=20",
+            "--boost.min_data_in_leaf=2",
         ]
     )
     summary_path = next((tmp_path / "runs" / "quickstart").glob("cv_*/cv_summary.json"))
@@ -244,6 +248,15 @@ def test_cross_validation(synthetic_root, tmp_path, monkeypatch, capsys):
     assert summary["summary"]["test/clip_acc"]["mean"] == pytest.approx(np.mean(clip))
     assert summary["summary"]["test/clip_acc"]["std"] == pytest.approx(np.std(clip, ddof=1))
     assert "mean" in capsys.readouterr().out
+    for fold in summary["folds"]:  # each fold's LightGBM: its own embeddings, its own folds
+        assert 0.0 <= fold["boost/test/clip_acc"] <= 1.0
+        run = summary_path.parent / f"fold_{fold['fold']}"
+        embedded = read_embeddings(run / "embeddings.parquet")
+        assert sorted(set(embedded.fold.tolist())) == [1, 2, 3]
+        boosted = json.loads((run / "boost" / "metrics_test.json").read_text())
+        assert boosted["test/clip_acc"] == pytest.approx(fold["boost/test/clip_acc"])
+    boost_clip = [f["boost/test/clip_acc"] for f in summary["folds"]]
+    assert summary["summary"]["boost/test/clip_acc"]["mean"] == pytest.approx(np.mean(boost_clip))
 
 
 def test_missing_dataset_says_how_to_point_at_a_copy(tmp_path, monkeypatch):
@@ -298,3 +311,14 @@ def test_cross_validation_without_validation_folds(synthetic_root, tmp_path, mon
         ([1], [], [2]),
     ]
     assert all(f["test/clip_acc"] is not None for f in result["folds"])
+
+
+def test_boosting_an_untrained_model_without_weights_says_where_they_come_from(tmp_path):
+    config = str(Path(__file__).parents[1] / "configs" / "yamnet_lgbm_us8k.yaml")
+    root = make_us8k_tree(tmp_path / "us8k")
+    with pytest.raises(
+        UsageError,
+        match=r"set --model\.init_args\.pretrained; published: "
+        r"yamnet_audioset \(https://storage\.googleapis\.com/audioset/yamnet\.h5\)",
+    ):
+        main(["cv", "--config", config, f"--data.root={root}", "--cv.boost=true"])

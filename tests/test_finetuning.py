@@ -112,7 +112,9 @@ def test_parameters_the_model_freezes_itself_stay_frozen():
     assert not any(p.requires_grad for p in model.backbone.parameters())
     callback.finetune_function(model, 1, None)
     assert not kept.requires_grad
-    assert all(p.requires_grad for n, p in model.backbone.named_parameters() if n != "stem.0.weight")
+    assert all(
+        p.requires_grad for n, p in model.backbone.named_parameters() if n != "stem.0.weight"
+    )
 
 
 def test_negative_warmup_is_refused_naming_the_option():

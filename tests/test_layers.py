@@ -26,6 +26,10 @@ ALLOWED = {
     # the exporter and the server use the inference core, never a Trainer
     "export": {"models", "inference", "nn", "extras"},
     "serve": {"models", "inference", "data", "io", "nn", "extras"},
+    # the Parquet layout of embeddings, written by `embed` and read by `boost`
+    "embeddings": {"extras"},
+    # LightGBM on embeddings: a Lightning-free core that `boost` and `cv` call
+    "boost": {"inference", "reports", "embeddings", "extras"},
     "commands": {
         "callbacks",
         "models",
@@ -37,6 +41,8 @@ ALLOWED = {
         "extras",
         "export",
         "serve",
+        "boost",
+        "embeddings",
     },
     "cli": {"commands", "data", "io", "models", "nn", "extras"},
 }

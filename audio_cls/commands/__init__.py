@@ -58,6 +58,8 @@ VERBS: dict[str, Verb] = {
         function="classify",
         positional="inputs",
     ),
+    "boost": Verb("boost", "LightGBM (+ an MLP) on the embeddings of `embed`, tested", "boost"),
+    "embed": Verb("embed", "per-window and per-clip embeddings of a data set or audio to Parquet"),
     "models": Verb("models", "list the registered model families and pretrained weights", "models"),
     "export": Verb("export", "export a checkpoint to ONNX or TorchScript, checked", "export"),
     "serve": Verb("serve", "serve a checkpoint: HTTP API, web page, live WebSocket", "serve"),

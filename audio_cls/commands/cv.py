@@ -10,6 +10,15 @@ Every fold is a normal ``fit`` run (same config, same overrides) whose run direc
 mean/std (sample standard deviation) over folds. ``--trainer.fast_dev_run`` runs one batch per
 fold and writes nothing, ``cv_summary.json`` included (the table is printed).
 
+With ``--cv.boost true`` each fold goes on: every clip of its train, val and test folds is
+embedded by that fold's best model (its pre-logit ``embedding``, written to the fold's
+``embeddings.parquet``), and LightGBM (:func:`audio_cls.boost.run_boost`, options from the
+config's ``boost`` section) trains on the train folds, stops early on the val fold and is tested
+on the test fold, into the fold's ``boost/``; its metrics sit beside the model's as
+``boost/test/...``. The embedding model never saw the test fold. With ``trainer.max_epochs: 0``
+the model is not trained at all and its published weights make the embeddings (YAMNet +
+LightGBM); such a run without ``pretrained`` weights is refused.
+
 With W&B, every fold is its own finished run, named ``<name>-<cv tag>-fold<k>`` in the group
 ``<name>-<cv tag>``, and one more run of the group, ``<name>-<cv tag>-summary`` (job type
 ``cv-summary``), holds the mean and std over folds: W&B groups show the folds' curves side by
@@ -29,6 +38,7 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from audio_cls.commands import UsageError
 from audio_cls.commands.lightning import AudioCLI, RunDirectoryError
 from audio_cls.reports import write_metrics
 
@@ -36,6 +46,8 @@ __all__ = ["cv_folds", "cv_options", "main", "run_cv", "summarize"]
 
 #: Metrics reported per fold and summarised.
 CV_METRICS = ("test/acc", "test/macro_f1", "test/clip_acc", "test/clip_macro_f1")
+#: The same metrics of LightGBM on each fold's embeddings (``--cv.boost true``).
+BOOST_METRICS = tuple(f"boost/{m}" for m in CV_METRICS)
 
 
 def cv_folds(folds: list[int], val: str = "next") -> list[dict[str, list[int]]]:
@@ -55,7 +67,7 @@ def cv_folds(folds: list[int], val: str = "next") -> list[dict[str, list[int]]]:
 def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and sample std of each metric over folds."""
     summary = {}
-    for metric in CV_METRICS:
+    for metric in (*CV_METRICS, *BOOST_METRICS):
         values = [f[metric] for f in per_fold if f.get(metric) is not None]
         if values:
             summary[metric] = {
@@ -178,8 +190,9 @@ def _log_summary_to_wandb(
 
 
 def _table(per_fold: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
-    cols = [m for m in CV_METRICS if m in summary]
-    lines = ["fold  " + "  ".join(f"{c.removeprefix('test/'):>13}" for c in cols)]
+    cols = [m for m in (*CV_METRICS, *BOOST_METRICS) if m in summary]
+    heads = [c.replace("test/", "").replace("boost/", "lgbm ") for c in cols]
+    lines = ["fold  " + "  ".join(f"{h:>13}" for h in heads)]
     for row in per_fold:
         cells = [f"{row[c]:>13.4f}" if row.get(c) is not None else f"{'-':>13}" for c in cols]
         lines.append(f"{row['fold']:>4}  " + "  ".join(cells))
@@ -188,14 +201,66 @@ def _table(per_fold: list[dict[str, Any]], summary: dict[str, dict[str, float]])
     return "\n".join(lines)
 
 
-def cv_options(folds: list[int] | None = None, val: Literal["next", "none"] = "next") -> None:
-    """Cross-validation options, given as ``--cv.folds`` and ``--cv.val``.
+def cv_options(
+    folds: list[int] | None = None, val: Literal["next", "none"] = "next", boost: bool = False
+) -> None:
+    """Cross-validation options, given as ``--cv.folds``, ``--cv.val`` and ``--cv.boost``.
 
     Args:
         folds: Folds to test in turn (None: every fold of the dataset).
         val: ``next``: the next fold validates (early stopping, best checkpoint); ``none``:
             train on all other folds and keep the last epoch.
+        boost: Also fit LightGBM on each fold's embeddings of its own model (the config's
+            ``boost`` section holds its options).
     """
+
+
+def _check_boost_ready(probe: AudioCLI) -> None:
+    """Refuse embeddings of a model that neither trains nor starts from published weights."""
+    from audio_cls.models import list_pretrained
+
+    model = probe.model
+    if probe.trainer.max_epochs == 0 and not model.hparams.get("pretrained"):
+        sources = [
+            f"{c.tag} ({c.source or 'a local file'})"
+            for _, c in list_pretrained(model.registry_name)
+        ]
+        where = "; published: " + ", ".join(sources) if sources else ""
+        raise UsageError(
+            f"--cv.boost with trainer.max_epochs 0 embeds with an untrained "
+            f"{model.registry_name}: set --model.init_args.pretrained{where}"
+        )
+
+
+def _boost_fold(cli: AudioCLI, plan: dict[str, list[int]], options: dict[str, Any]) -> dict:
+    """Embed the fold's clips with its best model, then LightGBM on them; the test metrics."""
+    from audio_cls.boost import run_boost
+    from audio_cls.commands.embed import clips_of_data, embed_clips
+    from audio_cls.inference import Predictor, WindowSettings
+    from audio_cls.models import load_classifier
+
+    best = getattr(cli.trainer.checkpoint_callback, "best_model_path", "") or ""
+    model = load_classifier(best)[0] if best else cli.model.eval()  # max_epochs 0: as loaded
+    data = cli.datamodule
+    windows = WindowSettings.from_section({"segments": data.segment_settings}, model.sample_rate)
+    folds = [*plan["train"], *plan["val"], *plan["test"]]
+    clips, names = clips_of_data(data, folds)
+    run_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
+    out = run_dir / "embeddings.parquet"
+    meta = {
+        "class_names": names,
+        "tap": "embedding",
+        "model": model.registry_name,
+        "sample_rate": windows.sample_rate,
+        "window_sec": windows.window / windows.sample_rate,
+        "hop_sec": windows.hop / windows.sample_rate,
+        "checkpoint": best,
+    }
+    rank_zero_info(f"cv fold {plan['test'][0]}: embedding {len(clips)} clips into {out}")
+    report = embed_clips(Predictor(model, windows, tap="embedding"), clips, out, meta)
+    for clip_id, reason in report.errors.items():
+        rank_zero_info(f"audio-cls: skipped {clip_id}: {reason}")
+    return run_boost(out, run_dir / "boost", plan["train"], plan["val"], plan["test"], **options)
 
 
 def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -237,7 +302,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     options = parser.parse_args(ours).cv
     if any(t in ("-h", "--help") for t in rest):
         print(
-            "usage: audio-cls cv --config CONFIG [fit options] [--cv.folds K ...] [--cv.val next|none]\n"
+            "usage: audio-cls cv --config CONFIG [fit options] [--cv.folds K ...] "
+            "[--cv.val next|none] [--cv.boost true]\n"
         )
         print(__doc__ or "")
         parser.print_help()
@@ -250,12 +316,18 @@ def main(argv: list[str]) -> dict[str, Any]:
         print(buffer.getvalue().rstrip())
         print(parser.dump(parser.parse_args(ours), skip_none=False).rstrip())
         return {}
-    return run_cv(rest, folds=options.folds, val=options.val)
+    return run_cv(rest, folds=options.folds, val=options.val, boost=options.boost)
 
 
-def run_cv(rest: list[str], folds: list[int] | None = None, val: str = "next") -> dict[str, Any]:
+def run_cv(
+    rest: list[str], folds: list[int] | None = None, val: str = "next", boost: bool = False
+) -> dict[str, Any]:
     """Cross-validate the training config given by ``rest`` (fit's options)."""
     probe = AudioCLI(args=rest, run=False)  # resolves the config once to learn the folds
+    section = probe.config.get("boost")
+    boost_options = section.as_dict() if section is not None else {}
+    if boost:
+        _check_boost_ready(probe)
     folds = folds or probe.datamodule.manifest.folds
     plans = cv_folds(folds, val)
     debugging = bool(probe.trainer.fast_dev_run)  # one batch per fold, nothing written
@@ -283,6 +355,9 @@ def run_cv(rest: list[str], folds: list[int] | None = None, val: str = "next") -
         row: dict[str, Any] = {"fold": k, **plan}
         for m in CV_METRICS:
             row[m] = float(metrics[m]) if m in metrics else None
+        if boost and not debugging and cli.trainer.is_global_zero:
+            boosted = _boost_fold(cli, plan, boost_options)
+            row.update({f"boost/{m}": boosted.get(m) for m in CV_METRICS})
         per_fold.append(row)
     summary = summarize(per_fold)
     result = {

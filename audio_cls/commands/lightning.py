@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from audio_cls.boost import BoostOptions
 from audio_cls.callbacks import ClipAggregation, FineTuning, RunReport, TTAShift
 from audio_cls.callbacks.checkpointing import (
     RUN_KEY,
@@ -171,6 +172,9 @@ class AudioCLI(LightningCLI):
         parser.add_lightning_class_args(RunReport, "report")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FineTuning, "finetuning")
+        # read by `audio-cls cv --cv.boost true` (LightGBM on each fold's embeddings); fit
+        # itself leaves it alone, so one YAML holds the model, the data and the boosting
+        parser.add_class_arguments(BoostOptions, "boost", instantiate=False)
         parser.set_defaults(
             {
                 "checkpoint.filename": "best",

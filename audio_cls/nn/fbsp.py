@@ -57,7 +57,7 @@ def frame_signal(x: torch.Tensor, frame_length: int, hop_length: int) -> torch.T
 
 
 class FBSPFilterbank(nn.Module):
-    """The learnable complex filterbank: frames ``(..., n)`` -> spectrum ``(..., bins)`` complex.
+    """The learnable complex filterbank: frames ``(..., n)`` -> spectrum ``(..., bins)``.
 
     Args:
         bins: Output bins (``n_fft // 2 + 1`` for a one-sided spectrum).
@@ -74,25 +74,32 @@ class FBSPFilterbank(nn.Module):
         # empty buffer keeps the names equal without a parameter that never gets a gradient.
         self.register_buffer("bias", torch.empty(0))
 
-    def filters(self, n: int) -> torch.Tensor:
-        """The filters over a frame of ``n`` samples: ``(bins, n)`` complex."""
+    def filters(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filters over a frame of ``n`` samples: real and imaginary parts ``(bins, n)``.
+
+        In real arithmetic (no complex tensors), so that the front end exports to ONNX.
+        """
         t = math.pi * torch.linspace(-1.0, 1.0, n, device=self.m.device) + _EPS  # (n,)
         m, fb, fc = self.m[:, None], self.fb[:, None], self.fc[:, None]
         arg = fb * t / (m + _EPS)
         sinc = torch.where(arg == 0, torch.ones_like(arg), torch.sin(arg) / arg)
-        # sinc ** m as a complex power: |sinc|^m, phase m * pi where sinc is negative
-        window = torch.polar(sinc.abs().pow(m), m * math.pi * (sinc < 0))
-        filters = fb.sqrt() * window * torch.polar(torch.ones_like(arg), -fc * t)
-        return filters / math.sqrt(n) if self.normalized else filters
+        # sinc ** m as a complex power: |sinc|^m, phase m * pi where sinc is negative; then
+        # times e^{-i fc t} and sqrt(fb)
+        magnitude = fb.sqrt() * sinc.abs().pow(m)
+        phase = m * math.pi * (sinc < 0).to(sinc.dtype) - fc * t
+        scale = 1.0 / math.sqrt(n) if self.normalized else 1.0
+        return magnitude * torch.cos(phase) * scale, magnitude * torch.sin(phase) * scale
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        w = self.filters(frames.shape[-1])
-        return torch.complex(frames @ w.real.T, frames @ w.imag.T)
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames ``(..., n)`` -> the spectrum's real and imaginary parts ``(..., bins)``."""
+        real, imag = self.filters(frames.shape[-1])
+        return frames @ real.T, frames @ imag.T
 
     def norm_loss(self, n: int) -> torch.Tensor:
         """Mean squared deviation of each filter's L2 norm from the DFT's (1, or ``sqrt(n)``
         unnormalised): keeps the learnt transform energy-preserving."""
-        norms = torch.linalg.vector_norm(self.filters(n), dim=-1)
+        real, imag = self.filters(n)
+        norms = (real.square() + imag.square()).sum(-1).sqrt()
         target = 1.0 if self.normalized else math.sqrt(n)
         return F.mse_loss(norms, torch.full_like(norms, target))
 
@@ -182,8 +189,8 @@ class FBSPFrontend(Frontend):
             frames = frame_signal(x, s.win_length, s.hop_length) * self.window
             extra = s.n_fft - s.win_length
             frames = F.pad(frames, (extra // 2, extra - extra // 2))  # (B L n_fft)
-            spec = self.fbsp(frames)  # (B L bins)
-            power = spec.real.square() + spec.imag.square()
+            real, imag = self.fbsp(frames)  # (B L bins) each
+            power = real.square() + imag.square()
             power = power[..., : s.bands * self.bins_per_band].transpose(1, 2)  # (B bins' L)
             power = torch.where(power > 0, power, torch.full_like(power, POWER_FLOOR))
             db = 10.0 * torch.log10(power)

@@ -92,7 +92,9 @@ class ESResNeXtBackbone(nn.Module):
         self.stages: list[str] = []
         for i, blocks in enumerate(layers):
             planes = width * 2**i
-            stage = self._stage(channels, planes, blocks, 1 if i == 0 else 2, groups, width_per_group)
+            stage = self._stage(
+                channels, planes, blocks, 1 if i == 0 else 2, groups, width_per_group
+            )
             setattr(self, f"layer{i + 1}", stage)
             if attention:
                 kernel, padding = _GATES[i]

@@ -133,20 +133,28 @@ def shard_files(path: Path) -> list[Path]:
     world_size = max((s for s in sizes if s), default=len(found))
     missing = [r for r in range(world_size) if r not in found]
     if len(sizes) > 1 or missing or len(found) != world_size:
+        said = f"missing rank(s) {missing}" if missing else "shards of different runs"
         raise ValueError(
-            f"{path}: its shards are incomplete (world size {world_size}, missing rank(s) "
-            f"{missing or sorted(found)}, or shards of different runs); run the missing "
-            f"ranks again, or remove the stale shards"
+            f"{path}: its shards are incomplete (world size {world_size}, {said}); run the "
+            f"missing ranks again, or remove the stale shards"
         )
     return [found[r] for r in range(world_size)]
 
 
 def read_table(path: Path) -> Any:
-    """The table of ``path``, or of its shards joined in rank order (without their shard key)."""
-    pa, pq = _arrow(), _parquet()
+    """The table of ``path``, or of its shards joined in rank order (without their shard key).
+
+    ``audio-cls embed`` removes a stale ``FILE`` when it writes shards and stale shards when it
+    writes ``FILE``, so at most one of the two forms is there.
+    """
     if path.is_file():
-        return pq.read_table(path)
-    tables = [pq.read_table(p) for p in shard_files(path)]
+        return _parquet().read_table(path)
+    return _join(shard_files(path), path)
+
+
+def _join(shards: list[Path], path: Path) -> Any:
+    pa, pq = _arrow(), _parquet()
+    tables = [pq.read_table(p) for p in shards]
     metas = {(t.schema.metadata or {}).get(META_KEY.encode()) for t in tables}
     if len(metas) > 1 or None in metas:
         raise ValueError(f"{path}: its shards come from different runs (their metadata differ)")
@@ -184,7 +192,7 @@ def merge_shards(path: str | Path, remove: bool = True) -> Path:
     pq = _parquet()
     path = Path(path)
     shards = shard_files(path)
-    table = read_table(path)
+    table = _join(shards, path)  # the shards, never an older FILE beside them
     partial = path.with_name(f".{path.name}.partial")
     pq.write_table(table, partial)
     os.replace(partial, path)

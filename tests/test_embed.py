@@ -352,3 +352,20 @@ def test_help(capsys):
     text = capsys.readouterr().out
     assert exit_.value.code == 0
     assert "--tap" in text and "--data.root" in text and "--config" in text
+
+
+def test_a_new_run_replaces_the_other_form_of_the_file(model, tones, tmp_path):
+    """Shards written after a single-process FILE (or the reverse) are what readers get."""
+    clips = [EmbedClip(p.stem, p, fold=1, label="x", target=0) for p in tones]
+    predictor = Predictor(model, WindowSettings(SR, WINDOW, HOP), device="cpu", tap="embedding")
+    out = tmp_path / "e.parquet"
+    embed_clips(predictor, clips[:1], out, {"tap": "embedding", "class_names": ["x"]})
+    for r in (0, 1):
+        embed_clips(predictor, clips, out, {"tap": "embedding", "class_names": ["x"]}, r, 2)
+    assert not out.exists()
+    assert len(set(read_embeddings(out).clip_id)) == len(clips)
+    merge_shards(out)
+    assert len(set(read_embeddings(out).clip_id)) == len(clips)
+    embed_clips(predictor, clips[:1], out, {"tap": "embedding", "class_names": ["x"]})
+    assert not list(tmp_path.glob("e.rank*.parquet"))
+    assert len(set(read_embeddings(out).clip_id)) == 1

@@ -79,3 +79,15 @@ def test_unknown_tap_or_a_backbone_without_taps_is_one_clear_line():
         create_model("mel_cnn", 3, channels=[4, 8, 8], taps=["layer1"])
     with pytest.raises(ValueError, match=r"--model\.tap_combine 'conv2'"):
         create_model("soundnet8", 3, width=0.125, taps=TAPS, tap_combine="conv2")
+
+
+def test_a_multi_head_run_starts_another_with_other_classes(tmp_path):
+    source = soundnet()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(source)
+    trainer.save_checkpoint(tmp_path / "four.ckpt")
+    model = create_model(
+        "soundnet8", 6, width=0.125, taps=TAPS, pretrained=str(tmp_path / "four.ckpt")
+    )
+    assert torch.equal(model.backbone.conv3.conv.weight, source.backbone.conv3.conv.weight)
+    assert model.head.heads["conv6"].fc.weight.shape[0] == 6  # each head's classifier is new

@@ -124,3 +124,19 @@ def test_a_run_of_a_family_with_published_weights_starts_another(name, tmp_path)
         name, 3, sample_rate=rate, pretrained=str(tmp_path / "run.ckpt"), **entry.tiny
     )
     assert _equal(model, source)
+
+
+@pytest.mark.parametrize("name", ["soundnet8", "esresnext_fbsp"])
+def test_a_run_at_another_rate_than_the_published_weights_starts_another(name, tmp_path):
+    """The published weights' front end is not asked of one of our own runs."""
+    entry = get_model_entry(name)
+    other = {"sample_rate": entry.frontend.sample_rate // 2}
+    torch.manual_seed(1)
+    source = create_model(name, 3, frontend=other, **entry.tiny)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(source)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    model = create_model(
+        name, 3, frontend=other, pretrained=str(tmp_path / "run.ckpt"), **entry.tiny
+    )
+    assert _equal(model, source)

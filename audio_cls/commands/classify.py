@@ -9,7 +9,9 @@ labelled.
 
 ``--ckpt`` may also name published weights that come with a classifier and label names
 (``audio-cls models --pretrained`` lists them; e.g. ``esresnext_fbsp_audioset`` tags AudioSet's
-527 classes), fetched once and cut into the default 0.96 s windows.
+527 classes), fetched once and cut into the default 0.96 s windows. AudioSet models are
+multi-label (trained with a sigmoid per tag): the softmax scores printed here rank the tags as
+the model does, but they are not per-tag probabilities.
 
 With ``--backend onnxruntime``, ``--ckpt`` is an ONNX file from ``audio-cls export`` instead:
 its metadata carries the same contract, and onnxruntime runs the graph inside the same
@@ -197,8 +199,9 @@ def classify(
             onnxruntime``, the ``.onnx`` file written by ``audio-cls export``.
         out: Per-clip output, ``.csv`` or ``.json``.
         format: ``auto``: by the extension of ``--out``; ``submission``: a challenge's ``Id,Category``
-            CSV (the clip id is the file name without extension), and exit status 1 when a clip
-            could not be predicted (a submission missing an Id is invalid).
+            CSV (the Id is the clip id: a file's name without extension, its path below a folder
+            given as input), and exit status 1 when a clip could not be predicted (a submission
+            missing an Id is invalid).
         timeline: Per-window CSV, for long recordings.
         top_k: Classes listed per clip.
         tta: Time-shifted copies averaged per window (1: off).

@@ -327,6 +327,13 @@ def run_cv(
     section = probe.config.get("boost")
     boost_options = section.as_dict() if section is not None else {}
     if boost:
+        if probe.trainer.world_size > 1:
+            # rank 0 alone embeds and boosts; the others would wait at the next fold's
+            # first collective for longer than the process group allows
+            raise UsageError(
+                "--cv.boost runs on one device: add --trainer.devices 1, or embed and boost "
+                "each fold's checkpoint with `audio-cls embed` and `audio-cls boost`"
+            )
         _check_boost_ready(probe)
     folds = folds or probe.datamodule.manifest.folds
     plans = cv_folds(folds, val)

@@ -411,15 +411,17 @@ def embed_clips(
             report.clips += 1
             report.windows += len(prediction.starts)
         rows.close()
+        # one form of FILE at a time, so readers never take an older run for this one
+        if world_size == 1:
+            for stale in path.parent.glob(f"{path.stem}.rank*{path.suffix}"):
+                stale.unlink()
+        elif rank == 0:
+            Path(out).unlink(missing_ok=True)
     except BaseException:
         rows.abort()
         raise
     report.seconds = time.perf_counter() - started
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# reading
 
 
 # ---------------------------------------------------------------------------------------------

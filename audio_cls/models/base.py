@@ -221,8 +221,11 @@ class AudioClassifier(L.LightningModule):
         if pretrained:
             from audio_cls.models.registry import resolve_pretrained
 
-            # refuse a front-end mismatch now, not after a download
-            resolve_pretrained(self, pretrained).check_frontend(self)
+            # refuse a front-end mismatch now, not after a download (a path is checked once
+            # read: it may be another run of ours, with its own front end)
+            config = resolve_pretrained(self, pretrained)
+            if config.tag:
+                config.check_frontend(self)
 
     def _save_options(self, options: dict[str, Any]) -> None:
         """Record the options as hyper-parameters (checkpoints, loggers, ``load_classifier``),

@@ -9,6 +9,7 @@ the front end they expect.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -97,14 +98,16 @@ class PretrainedConfig:
                 f"{model.registry_name}: pretrained tag {self.tag!r} names no source; pass a "
                 f"local file, hub name or URL as --model.pretrained"
             )
-        self.check_frontend(model)
+        if self.tag:
+            self.check_frontend(model)  # before a download
         weights = read_weights(resolve_weights(self.source), self.format)
         if self.rename != OWN_WEIGHTS.rename and _has_own_names(weights):
             # another audio-cls run of this family (a .ckpt or its state dict), not the
-            # published layout: our names, the whole model
+            # published layout: our names, the whole model, its own front end
             return replace(OWN_WEIGHTS, tag=self.tag, source=self.source)._load(
                 model, weights, prefixes
             )
+        self.check_frontend(model)
         if self.convert is not None:
             weights = self.convert(weights)
         return self._load(model, weights, prefixes)
@@ -122,10 +125,17 @@ class PretrainedConfig:
             if name is not None:
                 renamed[name] = value
         ours = model.state_dict()
-        classifier = [k for k in ours if k.startswith(self.classifier)]
+        # the classifier: its prefixes, and the same layer of each head of a multi-tap model
+        per_tap = re.compile(
+            "|".join(
+                rf"head\.heads\.[^.]+\.{re.escape(p.removeprefix('head.'))}"
+                for p in self.classifier
+            )
+        )
+        classifier = [k for k in ours if k.startswith(self.classifier) or per_tap.match(k)]
         # a classifier for other classes (or none at all) stays freshly initialised
         fits = all(k in renamed and renamed[k].shape == ours[k].shape for k in classifier)
-        drop = [] if fits else list(self.classifier)
+        drop = [] if fits else [*self.classifier, *classifier]
         if prefixes:
             only: list[str] | None = list(prefixes)
         elif self.covers is None:

@@ -310,7 +310,7 @@ def test_registry_model_with_pretrained_weights_and_window_options(tones, tmp_pa
 def test_ckpt_may_be_a_tag_of_published_weights(tag, family, names, tones, tmp_path, monkeypatch):
     """The weights are not downloaded here: the family is built with the tag's options, and
     the metadata names the tag and the weights' label names (none for weights without)."""
-    from audio_cls import models
+    from audio_cls.models import registry
 
     built = []
 
@@ -318,7 +318,7 @@ def test_ckpt_may_be_a_tag_of_published_weights(tag, family, names, tones, tmp_p
         built.append((name, num_classes, pretrained))
         return create_model("mel_cnn", num_classes, channels=[4, 8, 8])
 
-    monkeypatch.setattr(models, "create_model", fake_create)
+    monkeypatch.setattr(registry, "create_model", fake_create)
     out = tmp_path / "t.parquet"
     main(["embed", "--ckpt", tag, str(tones[0]), "--out", str(out)])
     assert built == [(family, names or 2, tag)]

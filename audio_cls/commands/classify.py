@@ -39,7 +39,7 @@ from audio_cls.inference import (
     WindowSettings,
     collect,
 )
-from audio_cls.models import create_model, list_pretrained, load_classifier
+from audio_cls.models import create_published, find_pretrained, load_classifier
 from audio_cls.reports import write_predictions, write_submission, write_timeline
 
 __all__ = ["BACKENDS", "classify", "load_model", "predict_inputs"]
@@ -65,7 +65,7 @@ def load_model(
                 f"--ckpt {ckpt} is an ONNX file: add --backend onnxruntime (the torch backend "
                 f"reads .ckpt checkpoints from `audio-cls fit`)"
             )
-        if not Path(ckpt).exists() and any(c.tag == ckpt for _, c in list_pretrained()):
+        if not Path(ckpt).exists() and find_pretrained(str(ckpt)):
             model = _published_classifier(str(ckpt))
             return model, WindowSettings(model.sample_rate), list(model.class_names), device
         model, section = load_classifier(ckpt)
@@ -93,14 +93,13 @@ def load_model(
 
 def _published_classifier(tag: str) -> torch.nn.Module:
     """The model of published weights ``tag``, with their classifier and label names."""
-    family, config = next((n, c) for n, c in list_pretrained() if c.tag == tag)
+    family, config = find_pretrained(tag)
     if not config.class_names:
         raise UsageError(
             f"--ckpt {tag}: these published weights have no label names to classify with; fit "
             f"a classifier on them first (audio-cls fit ... --model.init_args.pretrained {tag})"
         )
-    model = create_model(family, len(config.class_names), pretrained=tag, **config.model_args)
-    return model.eval()
+    return create_published(family, tag).eval()
 
 
 def predict_inputs(

@@ -132,7 +132,7 @@ def load_embedder(
         names (empty for published weights without them); ``source`` is the checkpoint path or
         weights tag, for the metadata.
     """
-    from audio_cls.models import create_model, get_model_entry, list_pretrained, load_classifier
+    from audio_cls.models import find_pretrained, get_model_entry, load_classifier
 
     for option, value in (("--window_sec", window_sec), ("--hop_sec", hop_sec)):
         if value is not None and value <= 0:
@@ -149,11 +149,10 @@ def load_embedder(
                 f"--pretrained` lists the tags): embeddings of random weights mean nothing"
             )
         try:
-            entry = get_model_entry(model)
+            get_model_entry(model)
         except KeyError as err:
             raise UsageError(f"--model: {err.args[0]}") from None
-        config = next((c for c in entry.pretrained if c.tag and c.tag == pretrained), None)
-        net, names = _published(model, pretrained, config, create_model)
+        net, names = _published(model, pretrained)
         windows, source = WindowSettings(net.sample_rate), pretrained
     else:
         assert ckpt is not None
@@ -164,10 +163,9 @@ def load_embedder(
                 f"--ckpt {ckpt} is an ONNX file: embed reads the PyTorch checkpoint (.ckpt) it "
                 f"was exported from, whose intermediate taps the graph does not keep"
             )
-        tagged = [(n, c) for n, c in list_pretrained() if c.tag == ckpt]
+        tagged = find_pretrained(str(ckpt))
         if not Path(ckpt).exists() and tagged:
-            family, config = tagged[0]
-            net, names = _published(family, ckpt, config, create_model)
+            net, names = _published(tagged[0], str(ckpt))
             windows = WindowSettings(net.sample_rate)
         else:
             net, section = load_classifier(ckpt)
@@ -181,13 +179,14 @@ def load_embedder(
     return net.eval(), windows, names, source
 
 
-def _published(family: str, spec: str, config: Any, create_model: Any) -> tuple[Any, list[str]]:
-    """A family with published weights ``spec`` (a tag when ``config`` is its entry, else a
-    file, hub name or URL), and the weights' label names (empty when they have none)."""
-    names = list(config.class_names) if config is not None and config.class_names else []
-    options = dict(config.model_args) if config is not None else {}
-    # the classifier is not used: a 2-class one where the weights name no classes
-    return create_model(family, len(names) if names else 2, pretrained=spec, **options), names
+def _published(family: str, spec: str) -> tuple[Any, list[str]]:
+    """A family with published weights ``spec`` (a tag, or a file, hub name or URL), and the
+    weights' label names (empty when they have none: the classifier is a placeholder)."""
+    from audio_cls.models import create_published, find_pretrained
+
+    found = find_pretrained(spec)
+    net = create_published(family, spec)
+    return net, list(net.class_names) if found and found[1].class_names else []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from audio_cls.models.mel_cnn import MelCNN
 from audio_cls.models.registry import (
     PretrainedConfig,
     create_model,
+    create_published,
+    find_pretrained,
     get_model_entry,
     list_models,
     list_pretrained,
@@ -36,6 +38,8 @@ __all__ = [
     "Wav2Vec2Classifier",
     "YAMNetClassifier",
     "create_model",
+    "create_published",
+    "find_pretrained",
     "get_model_entry",
     "list_models",
     "list_pretrained",

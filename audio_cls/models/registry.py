@@ -31,6 +31,8 @@ __all__ = [
     "ModelEntry",
     "PretrainedConfig",
     "create_model",
+    "create_published",
+    "find_pretrained",
     "get_model_entry",
     "list_models",
     "list_pretrained",
@@ -270,3 +272,21 @@ def create_model(
     if pretrained:
         model.load_pretrained()
     return model
+
+
+def find_pretrained(tag: str) -> tuple[str, PretrainedConfig] | None:
+    """``(family, config)`` of the published weights tagged ``tag``, None when no family has it."""
+    return next(((n, c) for n, c in list_pretrained() if c.tag == tag), None)
+
+
+def create_published(name: str, spec: str) -> AudioClassifier:
+    """Family ``name`` with published weights ``spec`` (a tag, or a file, hub name or URL) loaded.
+
+    With weights that carry label names (a tag's ``class_names``) the model has their
+    classifier and names; otherwise its 2-class classifier is a placeholder, for embeddings.
+    """
+    entry = get_model_entry(name)
+    config = next((c for c in entry.pretrained if c.tag and c.tag == spec), None)
+    names = list(config.class_names) if config is not None and config.class_names else []
+    options = dict(config.model_args) if config is not None else {}
+    return create_model(name, len(names) or 2, pretrained=spec, **options)

@@ -345,7 +345,7 @@ class YAMNetBackbone(nn.Module):
     1024 channels, whose mean is YAMNet's embedding.
 
     Args:
-        in_channels: Mel bands F (rows of the map).
+        in_channels: Mel bands F (rows of the map); the network works at any number of bands.
         width_multiplier: Scales every layer's channels (MobileNet's alpha; 1.0 is YAMNet, and
             only 1.0 loads its weights).
     """

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from audio_cls.embeddings import COLUMNS, LEVELS, META_KEY, read_table
+from audio_cls.embeddings import COLUMNS, LEVELS, META_KEY, arrow, read_table
 from audio_cls.extras import require
 from audio_cls.inference import AGGREGATIONS, Aggregation, ClipResults, aggregate_clips
 from audio_cls.reports import (
@@ -236,7 +236,7 @@ class EmbeddingFile:
 
     def rows(self, level: str, folds: Sequence[int] | None = None) -> Rows:
         """The rows of one ``level`` (``window``, ``mean``, ``std``, ``max``) in ``folds``."""
-        pa = require("pyarrow", "boost", "reading embeddings")
+        pa = arrow()
         pc = require("pyarrow.compute", "boost", "reading embeddings")
         mask = pc.equal(self.table.column("level"), pa.scalar(level))
         if folds is not None:
@@ -265,7 +265,7 @@ def open_embeddings(source: Any) -> EmbeddingFile:
     ``std``, ``max``), ``start_sec``, ``end_sec`` and ``emb_0 .. emb_{D-1}``; the schema metadata
     key ``audio_cls`` holds JSON with at least ``class_names``.
     """
-    pa = require("pyarrow", "boost", "reading embeddings")
+    pa = arrow()
     if isinstance(source, pa.Table):
         table, name = source, "the embeddings table"
     else:

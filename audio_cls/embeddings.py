@@ -28,7 +28,9 @@ __all__ = [
     "META_KEY",
     "SHARD_KEY",
     "Embeddings",
+    "arrow",
     "merge_shards",
+    "parquet",
     "read_embeddings",
     "read_table",
     "shard_files",
@@ -47,11 +49,13 @@ COLUMNS = ("clip_id", "path", "fold", "label", "target", "level", "start_sec", "
 _FEATURE = "embeddings files (Parquet)"
 
 
-def _arrow() -> Any:
+def arrow() -> Any:
+    """``pyarrow``, or an error naming the ``boost`` extra."""
     return require("pyarrow", "boost", _FEATURE)
 
 
-def _parquet() -> Any:
+def parquet() -> Any:
+    """``pyarrow.parquet``, or an error naming the ``boost`` extra."""
     return require("pyarrow.parquet", "boost", _FEATURE)
 
 
@@ -124,7 +128,7 @@ def shard_files(path: Path) -> list[Path]:
             f"{path}: no such embeddings file, nor shards {shard_path(path, 0).name}, ...; "
             f"write it with `audio-cls embed --out {path}`"
         )
-    pq = _parquet()
+    pq = parquet()
     sizes = set()
     for p in found.values():
         raw = pq.read_schema(p).metadata or {}
@@ -148,12 +152,12 @@ def read_table(path: Path) -> Any:
     writes ``FILE``, so at most one of the two forms is there.
     """
     if path.is_file():
-        return _parquet().read_table(path)
+        return parquet().read_table(path)
     return _join(shard_files(path), path)
 
 
 def _join(shards: list[Path], path: Path) -> Any:
-    pa, pq = _arrow(), _parquet()
+    pa, pq = arrow(), parquet()
     tables = [pq.read_table(p) for p in shards]
     metas = {(t.schema.metadata or {}).get(META_KEY.encode()) for t in tables}
     if len(metas) > 1 or None in metas:
@@ -189,7 +193,7 @@ def read_embeddings(path: str | Path) -> Embeddings:
 def merge_shards(path: str | Path, remove: bool = True) -> Path:
     """Join the shards of ``path`` into ``path`` (rank order); remove them after with
     ``remove``."""
-    pq = _parquet()
+    pq = parquet()
     path = Path(path)
     shards = shard_files(path)
     table = _join(shards, path)  # the shards, never an older FILE beside them

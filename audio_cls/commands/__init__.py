@@ -16,11 +16,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VERBS", "UsageError", "Verb", "normalise_dashes", "run_function_verb"]
+__all__ = [
+    "VERBS",
+    "UsageError",
+    "Verb",
+    "normalise_dashes",
+    "report_clip_problems",
+    "run_function_verb",
+]
 
 
 class UsageError(ValueError):
     """A verb's option is out of range; the message names the option and what to do."""
+
+
+def report_clip_problems(errors: dict[str, str], warnings: dict[str, str]) -> None:
+    """On stderr, one line per clip that could not be read (skipped) or whose output means
+    little (silent, very short): what every verb that reads audio files prints."""
+    import sys
+
+    for clip_id, reason in errors.items():
+        print(f"audio-cls: skipped {clip_id}: {reason}", file=sys.stderr)
+    for clip_id, reason in warnings.items():
+        print(f"audio-cls: warning: {clip_id} is {reason}", file=sys.stderr)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from audio_cls.commands import UsageError
+from audio_cls.commands import UsageError, report_clip_problems
 from audio_cls.inference import (
     Aggregation,
     ClipPrediction,
@@ -249,10 +249,7 @@ def classify(
         print(f"{results.clip_ids[i]:<40} {names[int(c)]:<16} {float(p):.3f}")
     if len(labelled) > 10:
         print(f"... {len(labelled) - 10} more")
-    for clip_id, reason in results.errors.items():
-        print(f"audio-cls: skipped {clip_id}: {reason}", file=sys.stderr)
-    for clip_id, reason in results.warnings.items():
-        print(f"audio-cls: warning: {clip_id} is {reason}", file=sys.stderr)
+    report_clip_problems(results.errors, results.warnings)
     print(
         f"\n{len(labelled)} clips, {n_windows} windows in {elapsed:.1f} s "
         f"({n_windows / max(elapsed, 1e-9):.0f} windows/s)"

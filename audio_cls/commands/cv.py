@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from audio_cls.commands import UsageError
+from audio_cls.commands import UsageError, report_clip_problems
 from audio_cls.commands.lightning import AudioCLI, RunDirectoryError
 from audio_cls.reports import write_metrics
 
@@ -258,8 +258,7 @@ def _boost_fold(cli: AudioCLI, plan: dict[str, list[int]], options: dict[str, An
     }
     rank_zero_info(f"cv fold {plan['test'][0]}: embedding {len(clips)} clips into {out}")
     report = embed_clips(Predictor(model, windows, tap="embedding"), clips, out, meta)
-    for clip_id, reason in report.errors.items():
-        rank_zero_info(f"audio-cls: skipped {clip_id}: {reason}")
+    report_clip_problems(report.errors, report.warnings)
     return run_boost(out, run_dir / "boost", plan["train"], plan["val"], plan["test"], **options)
 
 

@@ -62,13 +62,15 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from audio_cls.commands import UsageError
+from audio_cls.commands import UsageError, report_clip_problems
 from audio_cls.embeddings import (
     LEVELS,
     META_KEY,
     SHARD_KEY,
     Embeddings,
+    arrow,
     merge_shards,
+    parquet,
     read_embeddings,
     shard_path,
 )
@@ -99,19 +101,6 @@ __all__ = [
 
 
 T = TypeVar("T")
-_FEATURE = "audio-cls embed (Parquet output)"
-
-
-def _arrow() -> Any:
-    from audio_cls.extras import require
-
-    return require("pyarrow", "boost", _FEATURE)
-
-
-def _parquet() -> Any:
-    from audio_cls.extras import require
-
-    return require("pyarrow.parquet", "boost", _FEATURE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +267,7 @@ class EmbedReport:
 
 
 def _schema(dim: int, meta: dict[str, Any], shard: dict[str, int] | None) -> Any:
-    pa = _arrow()
+    pa = arrow()
 
     columns = [
         ("clip_id", pa.string()),
@@ -321,7 +310,7 @@ class _ParquetRows:
     so a reader never sees half a file)."""
 
     def __init__(self, path: Path, schema: Any) -> None:
-        pq = _parquet()
+        pq = parquet()
         self.path, self.schema = path, schema
         self.partial = path.with_name(f".{path.name}.partial")
         self.dim = len(schema) - 8
@@ -343,7 +332,7 @@ class _ParquetRows:
             self.flush()
 
     def flush(self) -> None:
-        pa = _arrow()
+        pa = arrow()
 
         if not self.blocks:
             return
@@ -540,10 +529,7 @@ def embed(
         "checkpoint": source,
     }
     report = embed_clips(predictor, clips, out, meta, rank, world_size)
-    for clip_id, reason in report.errors.items():
-        print(f"audio-cls: skipped {clip_id}: {reason}", file=sys.stderr)
-    for clip_id, reason in report.warnings.items():
-        print(f"audio-cls: warning: {clip_id} is {reason}", file=sys.stderr)
+    report_clip_problems(report.errors, report.warnings)
     shard = f" (rank {rank} of {world_size})" if world_size > 1 else ""
     print(
         f"{report.clips} clips, {report.windows} windows{shard} in {report.seconds:.1f} s "

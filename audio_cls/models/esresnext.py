@@ -48,6 +48,14 @@ _AUDIOCLIP_RENAME = (
     ("audio.", "backbone."),
     ("", None),  # CLIP's image and text towers, logit scales
 )
+#: What both AudioCLIP releases share: the audio branch's layout and front end.
+_AUDIOCLIP = {
+    "format": "torch",
+    "rename": _AUDIOCLIP_RENAME,
+    "covers": ("frontend.", "backbone.", "head.proj."),
+    "frontend": _PUBLISHED_CONTRACT,
+    "model_args": {"embed_dim": 1024},
+}
 
 
 @register_model(
@@ -88,23 +96,15 @@ class ESResNeXtFBSP(AudioClassifier):
         PretrainedConfig(
             tag="audioclip_full",
             source=f"{_RELEASES}/AudioCLIP/releases/download/v0.1/AudioCLIP-Full-Training.pt",
-            format="torch",
-            rename=_AUDIOCLIP_RENAME,
-            covers=("frontend.", "backbone.", "head.proj."),
-            frontend=_PUBLISHED_CONTRACT,
-            model_args={"embed_dim": 1024},
             description="AudioCLIP audio branch (full training): front end, backbone, "
             "1024-d projection",
+            **_AUDIOCLIP,
         ),
         PretrainedConfig(
             tag="audioclip_partial",
             source=f"{_RELEASES}/AudioCLIP/releases/download/v0.1/AudioCLIP-Partial-Training.pt",
-            format="torch",
-            rename=_AUDIOCLIP_RENAME,
-            covers=("frontend.", "backbone.", "head.proj."),
-            frontend=_PUBLISHED_CONTRACT,
-            model_args={"embed_dim": 1024},
             description="AudioCLIP audio branch (partial training: audio head only tuned)",
+            **_AUDIOCLIP,
         ),
     ),
 )

@@ -11,7 +11,10 @@ server and the exporter:
   ``logit_mean``, ``max``, ``vote``);
 - :class:`Predictor`: a loaded model plus the checkpoint's window settings, for waveforms and
   for files of any length, decoded block by block in a background thread (bounded memory) and
-  batched across files so the model always sees full batches.
+  batched across files so the model always sees full batches;
+- :class:`PrecisionChoice`: the fastest exact-enough arithmetic (``precision="auto"``): bf16
+  autocast where the hardware computes bf16 natively, adopted only once it has given the same
+  top-1 class as fp32 on the first windows of real input.
 
 Nothing here imports a model family or a data set; the model is any module mapping waveforms
 ``(B, T)`` to logits ``(B, C)`` (for embeddings, one with the model contract's
@@ -37,13 +40,16 @@ from audio_cls.io import printable_path
 
 __all__ = [
     "AGGREGATIONS",
+    "PRECISIONS",
     "ClipPrediction",
     "ClipResults",
+    "PrecisionChoice",
     "Predictor",
     "TimeShiftTTA",
     "WindowSettings",
     "aggregate_clips",
     "cut_windows",
+    "native_bf16",
     "pooled_tap",
     "window_embeddings",
     "window_probs",
@@ -53,6 +59,8 @@ log = logging.getLogger(__name__)
 
 Aggregation = Literal["mean", "logit_mean", "max", "vote"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "logit_mean", "max", "vote")
+Precision = Literal["auto", "32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -299,6 +307,85 @@ def _counted(blocks: Iterable[np.ndarray], counter: list[float]) -> Iterator[np.
         yield block
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX-512 BF16 or AMX (elsewhere a CPU emulates bf16, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:  # not Linux: ask PyTorch's dispatcher what it found
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+class PrecisionChoice:
+    """Which arithmetic a :class:`Predictor` runs its model in: the autocast dtype or None.
+
+    ``32`` is fp32 throughout and ``bf16`` is bf16 autocast, both as asked. ``auto`` is bf16
+    autocast only where :func:`native_bf16` holds and only after a trial on real input: the
+    first ``trial_windows`` audible windows run in both precisions (their fp32 results are
+    the ones returned), and bf16 is adopted when it gives fp32's top-1 class on all but
+    ``max_disagreement`` of them; a close call (fp32's two best classes within ``close_call``)
+    counts as agreeing. Otherwise it stays fp32. A model that is not a torch module (an ONNX
+    Runtime session) runs as it is.
+
+    Args:
+        precision: ``auto``, ``32`` or ``bf16``.
+        device: Where the model runs.
+        is_module: Whether the model is a torch module (autocast applies).
+    """
+
+    trial_windows = 64
+    max_disagreement = 0.01
+    close_call = 0.05
+
+    def __init__(self, precision: str, device: torch.device, is_module: bool) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        self.asked = precision
+        self.compared = 0
+        self.disagreed = 0
+        self.decided = precision != "auto" or not is_module or not native_bf16(device)
+        self.dtype: torch.dtype | None = (
+            torch.bfloat16 if precision == "bf16" and is_module else None
+        )
+        if precision == "auto" and self.decided:
+            log.info("precision auto: fp32 (no native bf16 on %s, or not a torch model)", device)
+
+    @property
+    def name(self) -> str:
+        """What runs now: ``bf16``, ``32``, or ``32 (trying bf16)`` during the trial."""
+        if not self.decided:
+            return "32 (trying bf16)"
+        return "bf16" if self.dtype is not None else "32"
+
+    def observe(self, fp32: torch.Tensor, bf16: torch.Tensor, audible: torch.Tensor) -> None:
+        """Count one trial batch (probabilities ``(B, C)`` of both) and decide once enough
+        audible windows were seen."""
+        fp32, bf16 = fp32[audible], bf16[audible]
+        if len(fp32) == 0:
+            return
+        top2 = fp32.topk(min(2, fp32.shape[1]), dim=1).values
+        close = (top2[:, 0] - top2[:, -1]) < self.close_call
+        agree = (fp32.argmax(1) == bf16.argmax(1)) | close
+        self.compared += len(agree)
+        self.disagreed += int((~agree).sum())
+        if self.compared < self.trial_windows:
+            return
+        self.decided = True
+        if self.disagreed <= self.max_disagreement * self.compared:
+            self.dtype = torch.bfloat16
+        log.info(
+            "precision auto: bf16 autocast gave fp32's top-1 class on %d of %d windows: using %s",
+            self.compared - self.disagreed,
+            self.compared,
+            "bf16" if self.dtype is not None else "fp32",
+        )
+
+
 def _in_background(items: Iterator[Any], depth: int = 8) -> Iterator[Any]:
     """Run ``items`` in a thread, ``depth`` items ahead of the consumer."""
     done = object()
@@ -353,10 +440,10 @@ class Predictor:
         aggregation: Window -> clip aggregation.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
         block_sec: Seconds decoded at a time from a file.
-        autocast: Run the model under ``torch.autocast`` to this dtype (``torch.bfloat16`` on a
-            CPU with AVX-512 BF16 or AMX, where it is about twice as fast; ``torch.float16`` on
-            CUDA); None: the model's own precision. Front ends compute in fp32 either way and
-            probabilities come out fp32.
+        precision: ``auto`` (the default): bf16 autocast where the device computes bf16
+            natively and it agrees with fp32 on the first windows (:class:`PrecisionChoice`),
+            else fp32; ``32``: fp32; ``bf16``: bf16 autocast, unchecked. Front ends compute
+            in fp32 either way and probabilities come out fp32.
         tap: None: class probabilities. The name of a tap of the model's
             ``forward_intermediates`` (``embedding``: the pre-logit embedding): that tap per
             window, pooled to ``(B, D)`` by :func:`pooled_tap` and averaged over ``tta``, in
@@ -373,7 +460,7 @@ class Predictor:
         aggregation: Aggregation = "mean",
         device: str = "auto",
         block_sec: float = 60.0,
-        autocast: torch.dtype | None = None,
+        precision: Precision = "auto",
         tap: str | None = None,
     ) -> None:
         if batch_size < 1:
@@ -391,24 +478,33 @@ class Predictor:
         self.tta = tta
         self.aggregation = aggregation
         self.block_sec = block_sec
-        self.autocast = autocast
+        self.precision = PrecisionChoice(precision, self.device, isinstance(model, torch.nn.Module))
         self.tap = tap
 
     @torch.inference_mode()
     def predict_windows(self, windows: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Probabilities ``(N, C)`` (with ``tap``: embeddings ``(N, D)``) of windows
         ``(N, window)``, in batches."""
-        x = torch.as_tensor(windows)
-        dtype = self.autocast or torch.float32
-        tap = self.tap
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast is not None):
-            out = [
-                window_probs(self.model, batch.to(self.device), self.tta).cpu()
-                if tap is None
-                else window_embeddings(self.model, batch.to(self.device), self.tta, tap).cpu()
-                for batch in x.split(self.batch_size)
-            ]
+        out = [
+            self._forward(batch.to(self.device))
+            for batch in torch.as_tensor(windows).split(self.batch_size)
+        ]
         return torch.cat(out) if out else torch.zeros(0, 0)
+
+    def _forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One batch's probabilities (or tap) on the CPU, in ``dtype`` (None: the chosen
+        precision, trying bf16 beside fp32 while ``auto`` has not decided)."""
+        choice = self.precision
+        if dtype is None and not choice.decided:
+            fp32 = self._forward(x, torch.float32)
+            audible = x.abs().amax(-1).cpu() >= SILENT_PEAK
+            choice.observe(fp32, self._forward(x, torch.bfloat16), audible)
+            return fp32
+        dtype = dtype or choice.dtype or torch.float32
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            if self.tap is None:
+                return window_probs(self.model, x, self.tta).cpu()
+            return window_embeddings(self.model, x, self.tta, self.tap).cpu()
 
     def predict_waveform(self, waveform: np.ndarray, clip_id: str = "") -> ClipPrediction:
         """One clip's prediction from a mono waveform at the model's rate."""

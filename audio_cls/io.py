@@ -374,11 +374,13 @@ def _downmix(data: np.ndarray) -> np.ndarray:
 def _check_samples(path: Path, wav: np.ndarray, rate: int | None = None, offset: int = 0) -> None:
     """Refuse NaN/Inf and values beyond ``MAX_SAMPLE``; a whole file reports the count, a block
     (``rate`` given) the time."""
+    # one pass over the samples in the common case: NaN makes the peak NaN, inf makes it inf,
+    # and both fail the comparison
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
+    if peak <= MAX_SAMPLE:
+        return
     finite = np.isfinite(wav)
     if finite.all():
-        peak = float(np.max(np.abs(wav))) if wav.size else 0.0
-        if peak <= MAX_SAMPLE:
-            return
         where = ""
         if rate is not None:
             first = offset + int(np.argmax(np.abs(wav) > MAX_SAMPLE))

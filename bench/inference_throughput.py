@@ -10,10 +10,13 @@ segments/s (median of --repeats).
 
 Rows, each end to end and model only, all in one run so that they share the machine's state:
 
-- ``torch fp32``: the baseline (MelCNN's backbone is channels-last already, so this row and
-  the next are the channels-last figures);
-- ``torch bf16``: the same model under ``torch.autocast("cpu", torch.bfloat16)`` (the front
-  end stays fp32), only where the CPU has native bf16 (AVX-512 BF16 or AMX);
+- ``torch fp32``: the baseline, ``--precision 32`` (MelCNN's backbone is channels-last
+  already, so every torch row is a channels-last figure);
+- ``torch auto``: what ``classify`` does by default (``--precision auto``): bf16 autocast
+  where the CPU has native bf16 (AVX-512 BF16 or AMX) once it agreed with fp32 on the first
+  64 windows, else fp32; the row names what the trial chose;
+- ``torch bf16``: ``--precision bf16``, bf16 autocast unchecked (the front end stays fp32),
+  only where the CPU has native bf16;
 - ``onnxruntime``: the model exported by ``audio_cls.export`` (front end included), run by
   the onnxruntime backend with ``--threads`` intra-op threads.
 
@@ -37,23 +40,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from audio_cls.commands.classify import load_model, predict_inputs
+from audio_cls.commands.classify import predict_inputs
 from audio_cls.data.cache import WaveformCache
 from audio_cls.data.segments import fit_length, window_starts
 from audio_cls.data.sources import ESC50
-from audio_cls.data.sources.files import AudioFiles
-from audio_cls.inference import ClipResults, Predictor, collect
+from audio_cls.inference import ClipResults, native_bf16
 from audio_cls.models import MelCNN, load_classifier
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is
-    emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return "AMX" in torch.backends.cpu.get_cpu_capability()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class Autocast:
@@ -65,14 +57,6 @@ class Autocast:
     def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=self.dtype):
             return self.model(waveform)
-
-
-def classify_autocast(ckpt: Path, audio: str, batch_size: int) -> ClipResults:
-    """``predict_inputs`` with the model under bf16 autocast (loading included, as there)."""
-    model, windows, names, _ = load_model(ckpt, "torch", "cpu")
-    predictor = Predictor(Autocast(model, torch.bfloat16), windows, batch_size, device="cpu")
-    clips = AudioFiles([audio], class_names=names).manifest(Path(".")).clips
-    return collect(list(predictor.predict_files((c.clip_id, c.path) for c in clips)), len(names))
 
 
 def timed(run: Callable[[], ClipResults], repeats: int) -> tuple[list[float], ClipResults]:
@@ -146,13 +130,27 @@ def main() -> None:
             ]
         )
 
-        e2e, fp32 = timed(lambda: predict_inputs(ckpt, [audio], batch_size=bs, device="cpu")[0], n)
+        def classify(precision: str, **options) -> ClipResults:
+            """``classify``'s path; its predictor's choice of precision is kept in ``chosen``."""
+            results, _, predictor = predict_inputs(
+                ckpt, [audio], batch_size=bs, device="cpu", precision=precision, **options
+            )
+            chosen[precision] = predictor.precision.name
+            return results
+
+        chosen: dict[str, str] = {}
+        e2e, fp32 = timed(lambda: classify("32"), n)
         rows.append(("torch fp32", e2e, model_only(model, segments, bs, n), fp32))
 
-        if cpu_has_bf16():
-            e2e, res = timed(lambda: classify_autocast(ckpt, audio, bs), n)
+        e2e, res = timed(lambda: classify("auto"), n)
+        auto_bf16 = chosen["auto"] == "bf16"
+        mo = model_only(Autocast(model, torch.bfloat16) if auto_bf16 else model, segments, bs, n)
+        rows.append((f"torch auto ({'bf16' if auto_bf16 else 'fp32'})", e2e, mo, res))
+
+        if native_bf16(torch.device("cpu")):
+            e2e, res = timed(lambda: classify("bf16"), n)
             mo = model_only(Autocast(model, torch.bfloat16), segments, bs, n)
-            rows.append(("torch bf16 autocast", e2e, mo, res))
+            rows.append(("torch bf16", e2e, mo, res))
         else:
             print("torch bf16: skipped, this CPU has neither AVX-512 BF16 nor AMX")
 
@@ -189,6 +187,13 @@ def main() -> None:
             f"{mm:8.0f} ({min(mo):6.0f}-{max(mo):6.0f}) {mm / base_mo:7.2f} {me / mm:9.2f} "
             f"{100 * agreement(res, fp32):12.2f}%"
         )
+    _, auto_e2e, auto_mo, auto_res = rows[1]
+    me = statistics.median(auto_e2e)
+    print(
+        f"targets (torch auto, what classify does): end to end {me / base_e2e:.2f}x fp32's "
+        f"(>= 1.5), end to end / model only {me / statistics.median(auto_mo):.2f} (>= 0.9), "
+        f"clips with fp32's top-1 {100 * agreement(auto_res, fp32):.2f}% (>= 99.5%)"
+    )
 
 
 if __name__ == "__main__":

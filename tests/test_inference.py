@@ -7,6 +7,7 @@ import torch
 
 from audio_cls.data.segments import fit_length, window_starts
 from audio_cls.inference import (
+    PrecisionChoice,
     Predictor,
     TimeShiftTTA,
     WindowSettings,
@@ -131,8 +132,8 @@ def test_bf16_autocast_stays_close_to_fp32_and_returns_fp32(tmp_path):
     torch.manual_seed(0)
     model = create_model("mel_cnn", 3, channels=[4, 8, 8], sample_rate=SR)
     waves = [_write(tmp_path / f"{i}.wav", 1.0, i) for i in range(4)]
-    fp32 = Predictor(model, WindowSettings(SR, 0.5))
-    bf16 = Predictor(model, WindowSettings(SR, 0.5), autocast=torch.bfloat16)
+    fp32 = Predictor(model, WindowSettings(SR, 0.5), precision="32")
+    bf16 = Predictor(model, WindowSettings(SR, 0.5), precision="bf16")
     for wave in waves:
         a, b = fp32.predict_waveform(wave), bf16.predict_waveform(wave)
         assert b.probs.dtype == torch.float32
@@ -160,3 +161,66 @@ def test_a_file_name_that_is_not_utf8_is_reported_printably(predictor, tmp_path)
     (pred,) = predictor.predict_files([("bad", tmp_path / name)])
     assert pred.error is None and pred.path.endswith("bad\\xff.wav")
     pred.path.encode("utf-8")  # goes into a UTF-8 report as it is
+
+
+class _FlipsUnderAutocast(torch.nn.Module):
+    """Confident logits whose classes come out reversed under CPU autocast: bf16 that disagrees."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.linspace(1.0, 3.0, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = 10 * x.abs().mean(-1, keepdim=True) * self.scale
+        return logits.flip(-1) if torch.is_autocast_enabled("cpu") else logits
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """The trial of ``precision="auto"`` runs whatever this CPU is."""
+    monkeypatch.setattr("audio_cls.inference.native_bf16", lambda device: True)
+
+
+def test_auto_precision_stays_fp32_when_bf16_changes_the_top_class(native_bf16):
+    windows = np.random.default_rng(0).uniform(-0.5, 0.5, (100, 8000)).astype(np.float32)
+    model = _FlipsUnderAutocast()
+    auto = Predictor(model, WindowSettings(SR, 0.5), batch_size=16, precision="auto")
+    exact = Predictor(model, WindowSettings(SR, 0.5), precision="32")
+    assert torch.equal(auto.predict_windows(windows), exact.predict_windows(windows))
+    assert auto.precision.decided and auto.precision.name == "32"
+    assert auto.precision.compared == 64 and auto.precision.disagreed == 64
+
+
+def test_auto_precision_adopts_bf16_after_the_trial_and_clips_agree_with_fp32(
+    native_bf16, tmp_path
+):
+    torch.manual_seed(0)
+    model = create_model("mel_cnn", 4, channels=[4, 8, 8], sample_rate=SR).eval()
+    with torch.no_grad():  # confident outputs, as a trained model gives, not close calls
+        model.head.fc.weight.mul_(50)
+    paths = [str(tmp_path / f"{i}.wav") for i in range(40)]
+    for i, path in enumerate(paths):
+        _write(path, 2.0, i)
+    auto = Predictor(model, WindowSettings(SR, 0.5), batch_size=32, precision="auto")
+    exact = Predictor(model, WindowSettings(SR, 0.5), batch_size=32, precision="32")
+    a = collect(list(auto.predict_files((p, p) for p in paths)), 4)
+    b = collect(list(exact.predict_files((p, p) for p in paths)), 4)
+    assert auto.precision.name == "bf16" and auto.precision.compared >= 64
+    assert exact.precision.name == "32"
+    # the trial's windows are fp32's own, those after it bf16's: close, not equal
+    n = auto.precision.compared
+    assert torch.equal(a.segment_probs[:32], b.segment_probs[:32])
+    assert not torch.equal(a.segment_probs[n:], b.segment_probs[n:])
+    assert (a.probs.argmax(1) == b.probs.argmax(1)).float().mean() >= 0.995
+
+
+def test_precision_trial_skips_silent_windows_and_counts_close_calls_as_agreeing(native_bf16):
+    choice = PrecisionChoice("auto", torch.device("cpu"), is_module=True)
+    fp32 = torch.tensor([[0.9, 0.1], [0.52, 0.48], [0.8, 0.2], [0.3, 0.7]])
+    bf16 = torch.tensor([[0.8, 0.2], [0.47, 0.53], [0.1, 0.9], [0.6, 0.4]])
+    choice.observe(fp32, bf16, torch.tensor([True, True, False, True]))
+    assert (choice.compared, choice.disagreed, choice.decided) == (3, 1, False)
+    with pytest.raises(ValueError, match="precision"):
+        PrecisionChoice("fp16", torch.device("cpu"), is_module=True)
+    assert PrecisionChoice("auto", torch.device("cpu"), is_module=False).name == "32"
+    assert PrecisionChoice("bf16", torch.device("cpu"), is_module=False).name == "32"

@@ -53,7 +53,9 @@ def checkpoint(tmp_path_factory) -> Path:
 def offline(checkpoint) -> Predictor:
     """The same checkpoint through the inference core, without any server."""
     model, section = load_classifier(checkpoint)
-    return Predictor(model, WindowSettings.from_section(section, model.sample_rate), device="cpu")
+    return Predictor(
+        model, WindowSettings.from_section(section, model.sample_rate), device="cpu", precision="32"
+    )
 
 
 def wait_healthy(url: str, timeout: float = HEALTH_TIMEOUT) -> None:
@@ -70,8 +72,10 @@ def wait_healthy(url: str, timeout: float = HEALTH_TIMEOUT) -> None:
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    """The app on a free loopback port; max_wait 50 ms so concurrent requests share batches."""
-    app = create_app(checkpoint, ServeSettings(max_wait_ms=50, max_upload_mb=UPLOAD_MB))
+    """The app on a free loopback port; max_wait 50 ms so concurrent requests share batches;
+    fp32, so that answers equal the offline predictor's to the last digit."""
+    settings = ServeSettings(max_wait_ms=50, max_upload_mb=UPLOAD_MB, precision="32")
+    app = create_app(checkpoint, settings)
     with serve_in_thread(app) as url:
         wait_healthy(url)
         yield url
@@ -165,6 +169,7 @@ def test_info_and_docs(client):
     assert info["sample_rate"] == SR and info["window_sec"] == 0.5 and info["hop_sec"] == 0.25
     assert info["model"] == "mel_cnn" and info["aggregation"] == "mean"
     assert info["version"] and info["batching"]["max_batch"] == 64
+    assert info["precision"] == "32"
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = client.get("/openapi.json").json()

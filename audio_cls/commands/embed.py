@@ -516,7 +516,7 @@ def embed(
         batch_size=batch_size,
         tta=TimeShiftTTA(tta, tta_max_shift),
         device=device,
-        autocast=torch.bfloat16 if precision == "bf16" else None,
+        precision=precision,
         tap=tap,
     )
     meta = {

@@ -17,7 +17,7 @@ from typing import Any
 
 from audio_cls.commands import UsageError
 from audio_cls.extras import require
-from audio_cls.inference import Aggregation
+from audio_cls.inference import PRECISIONS, Aggregation, Precision
 
 __all__ = ["serve", "serve_in_thread", "uvicorn_config"]
 
@@ -55,6 +55,7 @@ def serve(
     max_wait_ms: float = 5.0,
     max_upload_mb: float = 50.0,
     aggregation: Aggregation | None = None,
+    precision: Precision = "auto",
     log_level: str = "info",
 ) -> None:
     """Serve a checkpoint: ``POST /predict``, a web page at ``/``, ``WS /stream``, ``/docs``.
@@ -73,6 +74,9 @@ def serve(
         max_upload_mb: Largest request body in MB (413 beyond it).
         aggregation: Window -> clip: ``mean``, ``logit_mean``, ``max`` or ``vote`` (default:
             the checkpoint's, else ``mean``).
+        precision: ``auto``: the model under bf16 autocast where the device computes bf16
+            natively and it gave fp32's top class on the first 64 windows served, else fp32;
+            ``32``: fp32; ``bf16``: bf16 autocast, unchecked. ``/info`` says which runs.
         log_level: uvicorn's log level: ``debug``, ``info``, ``warning``, ``error``.
     """
     from pathlib import Path
@@ -85,6 +89,8 @@ def serve(
         raise UsageError(f"--max_wait_ms must be >= 0, got {max_wait_ms}")
     if not max_upload_mb > 0:
         raise UsageError(f"--max_upload_mb must be > 0, got {max_upload_mb}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not Path(ckpt).is_file():
         raise UsageError(f"--ckpt {ckpt}: checkpoint not found (a .ckpt written by audio-cls fit)")
     require("fastapi", "serve", "audio-cls serve")
@@ -105,7 +111,9 @@ def serve(
         if server is not None:
             server.should_exit = True
 
-    settings = ServeSettings(max_batch, max_wait_ms, max_upload_mb, device, aggregation)
+    settings = ServeSettings(
+        max_batch, max_wait_ms, max_upload_mb, device, aggregation, precision=precision
+    )
     app = create_app(ckpt, settings, on_load_error=stop)
     server = require("uvicorn", "serve", "audio-cls serve").Server(
         uvicorn_config(app, host, port, log_level)

@@ -37,6 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 import audio_cls
 from audio_cls.inference import (
     AGGREGATIONS,
+    PRECISIONS,
     Predictor,
     WindowSettings,
     aggregate_clips,
@@ -104,6 +105,8 @@ class ServeSettings:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
         aggregation: Window -> clip aggregation; None: the checkpoint's, else ``mean``.
         max_pending: Most windows waiting for the model before requests get 503.
+        precision: The model's arithmetic, as :class:`audio_cls.inference.PrecisionChoice`
+            takes it: ``auto`` (bf16 where native and it agrees with fp32), ``32``, ``bf16``.
     """
 
     max_batch: int = 64
@@ -112,6 +115,7 @@ class ServeSettings:
     device: str = "auto"
     aggregation: str | None = None
     max_pending: int = 8192
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -120,6 +124,8 @@ class ServeSettings:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if not self.max_upload_mb > 0:
             raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(
                 f"unknown aggregation {self.aggregation!r}; use {', '.join(AGGREGATIONS)}"
@@ -168,6 +174,7 @@ class _Model:
                 batch_size=self.settings.max_batch,
                 aggregation=aggregation,
                 device=self.settings.device,
+                precision=self.settings.precision,
             )
             # the first forward allocates; pay for it before the first request does
             predictor.predict_windows(np.zeros((1, windows.window), dtype=np.float32))
@@ -362,6 +369,7 @@ def create_app(
             "features": state.section.get("features"),
             "checkpoint": None if callable(source) else Path(source).name,
             "device": str(predictor.device),
+            "precision": predictor.precision.name,
             "torch_threads": torch.get_num_threads(),
             "version": audio_cls.__version__,
             "max_upload_mb": settings.max_upload_mb,

@@ -4,7 +4,12 @@
 - ``write_predictions``: one row per clip, top-k classes and every class probability (the
   ``prob_<class>`` columns double as a soft-label manifest), and why a clip has none;
 - ``write_timeline``: one row per window, for long recordings;
-- ``write_classification_report`` and ``write_confusion_matrix``: clip level, from scikit-learn.
+- ``write_classification_report`` and ``write_confusion_matrix``: clip level, from scikit-learn;
+- one class against the rest (the impact-noise task): ``choose_threshold`` picks a decision
+  threshold on validation probabilities (max F1), ``positive_metrics`` scores it,
+  ``write_pr_curve`` draws the precision-recall curve with that operating point;
+- ``find_events`` and ``write_events``: windows above a threshold merged into events (start,
+  end, peak), the "when did the thumps happen" of long recordings.
 
 Plain functions over :class:`audio_cls.inference.ClipResults`; no Lightning.
 """
@@ -15,6 +20,7 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +30,17 @@ import torch
 from audio_cls.inference import ClipResults
 
 __all__ = [
+    "Threshold",
+    "average_precision",
+    "choose_threshold",
+    "find_events",
+    "positive_metrics",
+    "pr_points",
     "write_classification_report",
     "write_confusion_matrix",
+    "write_events",
     "write_metrics",
+    "write_pr_curve",
     "write_predictions",
     "write_submission",
     "write_timeline",
@@ -192,3 +206,254 @@ def write_confusion_matrix(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# One class against the rest: a decision threshold, its precision/recall/F1, the PR curve.
+# A clip is called positive when its probability of the class is >= the threshold.
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold on one class's probability and how it was chosen.
+
+    Attributes:
+        positive: The class called positive.
+        threshold: Clips whose probability of ``positive`` is >= this are called positive.
+        rule: How the value was chosen, in words (stated in the reports).
+        val_f1: F1 of ``positive`` on the clips it was chosen on (None: not chosen on data).
+    """
+
+    positive: str
+    threshold: float
+    rule: str
+    val_f1: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types: for JSON reports and for checkpoints read with ``weights_only=True``."""
+        return {
+            "positive": self.positive,
+            "threshold": self.threshold,
+            "rule": self.rule,
+            "val_f1": self.val_f1,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Threshold:
+        return cls(str(d["positive"]), float(d["threshold"]), str(d["rule"]), d.get("val_f1"))
+
+
+#: The rule of :func:`choose_threshold`, as the reports state it.
+MAX_F1_RULE = (
+    "max F1 of the positive class over the validation clips' probabilities (ties: the higher "
+    "threshold), placed midway between the lowest probability called positive and the next "
+    "lower one"
+)
+#: The rule when no validation probabilities chose one: a two-class argmax.
+DEFAULT_RULE = "0.5 (no validation threshold recorded: the argmax of a two-class model)"
+
+
+def pr_points(
+    scores: np.ndarray | Sequence[float], positives: np.ndarray | Sequence[bool]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and threshold at each distinct score, highest threshold first.
+
+    Args:
+        scores: Probability of the positive class per clip.
+        positives: Whether each clip is of the positive class.
+
+    Returns:
+        ``(precision, recall, thresholds)``, one entry per distinct score; recall is 0
+        everywhere when there is no positive clip.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positives, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"scores {s.shape} and positives {y.shape} must be equal 1-d shapes")
+    if not len(s):
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last clip of each distinct score
+    tp = np.cumsum(y)[last]
+    called = last + 1
+    n_pos = int(y.sum())
+    recall = tp / n_pos if n_pos else np.zeros(len(last))
+    return tp / called, recall, s[last]
+
+
+def positive_metrics(
+    scores: np.ndarray | Sequence[float], positives: np.ndarray | Sequence[bool], threshold: float
+) -> dict[str, float]:
+    """Precision, recall and F1 of the positive class at ``threshold`` (0 where undefined, as
+    the classification report's ``zero_division=0``), and the counts behind them."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positives, dtype=bool)
+    called = s >= threshold
+    tp = int((called & y).sum())
+    fp = int((called & ~y).sum())
+    fn = int((~called & y).sum())
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
+
+
+def average_precision(
+    scores: np.ndarray | Sequence[float], positives: np.ndarray | Sequence[bool]
+) -> float | None:
+    """Area under the step precision-recall curve: the sum of ``(R_k - R_{k-1}) P_k`` over the
+    thresholds (scikit-learn's definition); None without a positive clip."""
+    if not np.asarray(positives, dtype=bool).any():
+        return None
+    precision, recall, _ = pr_points(scores, positives)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def choose_threshold(
+    scores: np.ndarray | Sequence[float], positives: np.ndarray | Sequence[bool], positive: str
+) -> Threshold:
+    """The threshold of best F1 on these clips (meant for validation clips only).
+
+    Ties go to the higher threshold (fewer false alarms). The value lies midway between the
+    lowest score called positive and the next lower score, so clips scored a hair below the
+    ones seen are not flipped. Without clips or without a positive clip there is nothing to
+    choose on: 0.5, the argmax of a two-class model, stated as such.
+    """
+    precision, recall, thresholds = pr_points(scores, positives)
+    if not len(thresholds) or not recall.any():
+        return Threshold(positive, 0.5, DEFAULT_RULE)
+    f1 = np.where(
+        precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0
+    )
+    k = int(np.argmax(f1))  # first maximum: the highest threshold
+    cut = thresholds[k] if k + 1 == len(thresholds) else (thresholds[k] + thresholds[k + 1]) / 2
+    return Threshold(positive, float(cut), MAX_F1_RULE, float(f1[k]))
+
+
+def write_pr_curve(
+    path: Path,
+    scores: np.ndarray | Sequence[float],
+    positives: np.ndarray | Sequence[bool],
+    decision: Threshold,
+    title: str,
+) -> None:
+    """The precision-recall curve of the positive class as a PNG, with the operating point of
+    ``decision``'s threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    precision, recall, _ = pr_points(scores, positives)
+    ap = average_precision(scores, positives)
+    at = positive_metrics(scores, positives, decision.threshold)
+    fig, ax = plt.subplots(figsize=(5.0, 4.5))
+    if len(recall):
+        ax.step(
+            np.r_[0.0, recall],
+            np.r_[precision[0], precision],
+            where="pre",
+            label=f"AP {ap:.3f}" if ap is not None else "no positive clip",
+        )
+    ax.plot(
+        [at["recall"]],
+        [at["precision"]],
+        "o",
+        color="tab:red",
+        label=f"threshold {decision.threshold:.3f}: P {at['precision']:.3f}, "
+        f"R {at['recall']:.3f}, F1 {at['f1']:.3f}",
+    )
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Events: the windows of a long recording where a class is above a threshold.
+
+
+def find_events(
+    starts: np.ndarray | Sequence[float],
+    probs: np.ndarray | Sequence[float],
+    window: float,
+    threshold: float,
+) -> list[tuple[float, float, float]]:
+    """Windows whose probability is >= ``threshold``, merged into events.
+
+    A window above the threshold extends the current event when it is the next window in
+    order, or starts before the event ends (windows overlap when the hop is below half a
+    window); any other window below the threshold ends it.
+
+    Args:
+        starts: Window start times, ascending (any unit; ``window`` in the same one).
+        probs: The class's probability per window.
+        window: Window length.
+        threshold: Windows at or above it count.
+
+    Returns:
+        ``(start, end, peak probability)`` per event, in time order.
+    """
+    starts = np.asarray(starts, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    events: list[list[float]] = []
+    last = -2
+    for i in np.flatnonzero(probs >= threshold).tolist():
+        start, p = float(starts[i]), float(probs[i])
+        if events and (i == last + 1 or start <= events[-1][1]):
+            ev = events[-1]
+            ev[1], ev[2] = start + window, max(ev[2], p)
+        else:
+            events.append([start, start + window, p])
+        last = i
+    return [(a, b, p) for a, b, p in events]
+
+
+def write_events(
+    path: Path,
+    results: ClipResults,
+    class_names: Sequence[str],
+    thresholds: Mapping[str, float],
+    sample_rate: int,
+    window: int,
+) -> int:
+    """``events.csv``: one row per event (clip, class, start/end seconds, peak probability, the
+    threshold used), clips in input order, classes in the order of ``thresholds``.
+
+    Args:
+        thresholds: Class name -> its threshold; the classes whose events are wanted.
+        window: Window length in samples.
+
+    Returns:
+        The number of events written.
+    """
+    columns = {name: class_names.index(name) for name in thresholds}
+    clip_index = results.segment_clip_index.numpy()
+    order = np.lexsort((results.segment_starts.numpy(), clip_index))  # by clip, then time
+    bounds = np.r_[0, np.cumsum(np.bincount(clip_index, minlength=len(results.clip_ids)))]
+    starts = results.segment_starts.numpy()[order] / sample_rate
+    probs = results.segment_probs.numpy()[order]
+    n = 0
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clip_id", "class", "start_sec", "end_sec", "peak_prob", "threshold"])
+        for clip, clip_id in enumerate(results.clip_ids):
+            rows = slice(bounds[clip], bounds[clip + 1])
+            for name, threshold in thresholds.items():
+                found = find_events(
+                    starts[rows], probs[rows, columns[name]], window / sample_rate, threshold
+                )
+                for start, end, peak in found:
+                    w.writerow(
+                        [clip_id, name, f"{start:.3f}", f"{end:.3f}", f"{peak:.6f}", threshold]
+                    )
+                n += len(found)
+    return n

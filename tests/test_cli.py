@@ -14,10 +14,15 @@ from audio_cls.cli import main
 from audio_cls.commands import VERBS, UsageError
 from audio_cls.commands.embed import read_embeddings
 from audio_cls.models import get_model_entry
-from tests.conftest import TINY_SYNTHETIC
+from tests.conftest import TINY_SYNTHETIC, make_esc50_tree
 
 CONFIGS = sorted((Path(__file__).parents[1] / "lightning_configs").glob("*.yaml"))
 TINY_SOURCE = [f"--data.source.init_args.{k}={v}" for k, v in TINY_SYNTHETIC.items()]
+TINY_GROUPED_SOURCE = [
+    f"--data.source.init_args.source.init_args.{k}={v}"
+    for k, v in {**TINY_SYNTHETIC, "num_classes": 5}.items()
+]
+IMPACT_ESC50 = {0: "dog", 10: "rain", 25: "footsteps", 30: "door_wood_knock", 39: "glass_breaking"}
 FAST = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
@@ -91,6 +96,9 @@ def data_roots(tmp_path_factory, synthetic_root, esc50_root):
         "ESC50": (esc50_root, []),
         "UrbanSound8K": (make_us8k_tree(tmp_path_factory.mktemp("us8k")), []),
         "ClassFolders": (make_folder_tree(tmp_path_factory.mktemp("folders")), []),
+        # ClassGroups configs (impact_*): trees that hold the grouped classes and some others
+        "ClassGroups/Synthetic": (tmp_path_factory.mktemp("synthetic5"), TINY_GROUPED_SOURCE),
+        "ClassGroups/ESC50": (make_esc50_tree(tmp_path_factory.mktemp("esc50i"), IMPACT_ESC50), []),
     }
 
 
@@ -109,6 +117,8 @@ def test_fast_dev_run_every_config(config, data_roots, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = config.read_text()
     source = next(name for name in data_roots if f"sources.{name}" in text)
+    if "sources.ClassGroups" in text:
+        source = f"ClassGroups/{source}"
     root, extra = data_roots[source]
     extra = [*extra, *tiny_model_options(config)]
     main(

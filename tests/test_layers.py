@@ -18,10 +18,12 @@ ALLOWED = {
     "extras": set(),
     "io": {"extras"},
     "nn": {"extras"},
+    # class-name embeddings from a sentence-transformers text model
+    "text": {"extras"},
     "data": {"io", "extras"},
     "inference": {"data", "io", "extras"},
     "reports": {"inference", "extras"},
-    "models": {"nn", "inference", "extras"},
+    "models": {"nn", "inference", "text", "extras"},
     "callbacks": {"inference", "reports", "nn", "extras"},
     # the exporter and the server use the inference core, never a Trainer
     "export": {"models", "inference", "nn", "extras"},
@@ -30,6 +32,9 @@ ALLOWED = {
     "embeddings": {"extras"},
     # LightGBM on embeddings: a Lightning-free core that `boost` and `cv` call
     "boost": {"inference", "reports", "embeddings", "extras"},
+    # soft and hard labels from a checkpoint: a Lightning-free core that `label`, `classify
+    # --labels` and `pseudolabel` call
+    "labelling": {"models", "inference", "data", "text", "extras"},
     "commands": {
         "callbacks",
         "models",
@@ -43,6 +48,7 @@ ALLOWED = {
         "serve",
         "boost",
         "embeddings",
+        "labelling",
     },
     "cli": {"commands", "data", "io", "models", "nn", "extras"},
 }

@@ -1,10 +1,11 @@
-"""Lightning glue every run can use: clip aggregation, TTA shifts, run reports, checkpoints,
-the fine-tuning schedule."""
+"""Lightning glue every run can use: clip aggregation, TTA shifts, run reports, run statistics,
+checkpoints, the fine-tuning schedule."""
 
 from audio_cls.callbacks.aggregation import ClipAggregation
 from audio_cls.callbacks.checkpointing import AtomicCheckpointIO, ResumeState, RunCheckpoint
 from audio_cls.callbacks.finetuning import FineTuning
 from audio_cls.callbacks.run_report import RunReport
+from audio_cls.callbacks.run_stats import RunStats
 from audio_cls.callbacks.tta import TTAShift
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "ResumeState",
     "RunCheckpoint",
     "RunReport",
+    "RunStats",
     "TTAShift",
 ]

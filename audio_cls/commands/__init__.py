@@ -70,10 +70,20 @@ VERBS: dict[str, Verb] = {
     "test": Verb("lightning", "evaluate a checkpoint on the test folds (segment and clip metrics)"),
     "predict": Verb("lightning", "predict the test folds (or data.predict_source) of a config"),
     "cv": Verb("cv", "cross-validate: one fit + test per fold, then mean and std over folds"),
+    "pseudolabel": Verb("pseudolabel", "pseudo-labelling rounds: fit, label audio, refit with it"),
+    "compare": Verb(
+        "compare", "compare runs and cross-validations: table, plot, ensemble", "compare", "inputs"
+    ),
     "classify": Verb(
         "classify",
         "classify audio files, folders or manifests with a checkpoint (top-k CSV/JSON)",
         function="classify",
+        positional="inputs",
+    ),
+    "label": Verb(
+        "label",
+        "pseudo-label audio with a (text) teacher: soft + hard labels manifest, unsure apart",
+        function="label",
         positional="inputs",
     ),
     "boost": Verb("boost", "LightGBM (+ an MLP) on the embeddings of `embed`, tested", "boost"),

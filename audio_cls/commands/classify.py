@@ -31,16 +31,18 @@ import torch
 
 from audio_cls.commands import UsageError, report_clip_problems
 from audio_cls.inference import (
+    PRECISIONS,
     Aggregation,
     ClipPrediction,
     ClipResults,
+    Precision,
     Predictor,
     TimeShiftTTA,
     WindowSettings,
     collect,
 )
 from audio_cls.models import create_published, find_pretrained, load_classifier
-from audio_cls.reports import write_predictions, write_submission, write_timeline
+from audio_cls.reports import write_events, write_predictions, write_submission, write_timeline
 
 __all__ = ["BACKENDS", "classify", "load_model", "predict_inputs"]
 
@@ -112,17 +114,29 @@ def predict_inputs(
     device: str = "auto",
     limit: int | None = None,
     backend: Backend = "torch",
-    precision: Literal["32", "bf16"] = "32",
+    precision: Precision = "auto",
+    labels: str | None = None,
 ) -> tuple[ClipResults, list[str], Predictor]:
     """Predict every clip in ``inputs``; returns clip results, class names and the predictor.
 
     ``backend`` ``torch`` reads a ``.ckpt``; ``onnxruntime`` an ONNX file from ``export``.
+    ``labels`` (``"a, b, c"``): the class names a ``text_teacher`` checkpoint scores instead of
+    its own.
     """
     from audio_cls.data.sources.files import AudioFiles
 
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16" and backend != "torch":
         raise UsageError("--precision bf16 needs --backend torch (autocast is PyTorch's)")
     model, windows, names, device = load_model(ckpt, backend, device)
+    if labels is not None:
+        from audio_cls.labelling import name_teacher_classes
+
+        try:
+            names = name_teacher_classes(model, labels, f"--ckpt {ckpt}")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     predictor = Predictor(
         model,
         windows,
@@ -130,7 +144,7 @@ def predict_inputs(
         tta=TimeShiftTTA(tta, tta_max_shift),
         aggregation=aggregation,
         device=device,
-        autocast=torch.bfloat16 if precision == "bf16" else None,
+        precision=precision,
     )
     clips = AudioFiles(inputs, class_names=names).manifest(Path(".")).clips[:limit]
     predictions: list[ClipPrediction] = list(
@@ -150,6 +164,32 @@ def _check_writable(path: Path, option: str) -> None:
         raise UsageError(
             f"{option} {path}: cannot write there ({err.strerror}); pick another path"
         ) from None
+
+
+def _event_thresholds(
+    classes: list[str], class_names: list[str], ckpt: str | Path, threshold: float | None
+) -> tuple[dict[str, float], str]:
+    """Each ``--events`` class's threshold, and the thresholds in words for the summary."""
+    from audio_cls.callbacks.run_report import recorded_threshold
+
+    unknown = [c for c in classes if c not in class_names]
+    if unknown:
+        raise UsageError(
+            f"--events {', '.join(unknown)}: not a class of this model; its classes are: "
+            f"{', '.join(class_names)}"
+        )
+    if threshold is not None:
+        return {c: threshold for c in classes}, f"threshold {threshold:g} (--event_threshold)"
+    recorded = recorded_threshold(ckpt)
+    thresholds, said = {}, []
+    for c in classes:
+        if recorded is not None and recorded.positive == c:
+            thresholds[c] = recorded.threshold
+            said.append(f"{c} >= {recorded.threshold:.3f}, chosen on validation")
+        else:
+            thresholds[c] = 0.5
+            said.append(f"{c} >= 0.5, the default")
+    return thresholds, "; ".join(said)
 
 
 def _to_json(results: ClipResults, class_names: list[str], top_k: int) -> list[dict[str, Any]]:
@@ -176,6 +216,9 @@ def classify(
     ckpt: str,
     out: str = "predictions.csv",
     timeline: str | None = None,
+    events: str | None = None,
+    events_out: str = "events.csv",
+    event_threshold: float | None = None,
     top_k: int = 3,
     tta: int = 1,
     tta_max_shift: float = 0.1,
@@ -185,8 +228,9 @@ def classify(
     limit: int | None = None,
     strict: bool = False,
     backend: Backend = "torch",
-    precision: Literal["32", "bf16"] = "32",
+    precision: Precision = "auto",
     format: Literal["auto", "submission"] = "auto",
+    labels: str | None = None,
 ) -> ClipResults:
     """Classify audio files, folders (recursive) or CSV manifests (a ``path`` column) with a
     checkpoint from ``audio-cls fit``.
@@ -202,6 +246,13 @@ def classify(
             given as input), and exit status 1 when a clip could not be predicted (a submission
             missing an Id is invalid).
         timeline: Per-window CSV, for long recordings.
+        events: Class names, comma-separated (``impact``): write the stretches of each clip where
+            a class's window probability is at or above its threshold, consecutive windows
+            merged, to ``--events_out`` (clip, class, start/end seconds, peak probability).
+        events_out: The events CSV.
+        event_threshold: Decision threshold of every ``--events`` class. Default: the one a
+            checkpoint trained with ``report.positive_class`` chose on its validation clips,
+            for that class (chosen on clip probabilities, the mean of the windows'), else 0.5.
         top_k: Classes listed per clip.
         tta: Time-shifted copies averaged per window (1: off).
         tta_max_shift: Largest TTA shift, as a fraction of the window.
@@ -212,9 +263,14 @@ def classify(
         strict: Exit with status 1 when any file could not be read (default: list it, go on).
         backend: ``torch`` (the checkpoint in PyTorch) or ``onnxruntime`` (an exported ONNX
             file, on the CPU, with as many threads as PyTorch uses).
-        precision: ``32``, or ``bf16``: the model (not the front end) under bf16 autocast,
-            about twice as fast on CPUs with AVX-512 BF16 or AMX; on ESC-10 it changed the
-            top class of 1 clip in 400 (``bench/inference_throughput.py`` measures this).
+        precision: ``auto``: the model (not the front end) under bf16 autocast where the
+            device computes bf16 natively (AVX-512 BF16 or AMX, or a recent GPU), once it has
+            given fp32's top class on the first 64 windows, else fp32; ``32``: fp32 (exactly
+            reproducible across machines); ``bf16``: bf16 autocast, unchecked
+            (``bench/inference_throughput.py`` measures speed and agreement).
+        labels: Class names, comma-separated (``"door knock, footsteps, rain"``), for a
+            ``text_teacher`` checkpoint: it scores these names by their text embeddings (its
+            recorded text model and prompts), with no training on them.
     """
     for option, value in (("--top_k", top_k), ("--tta", tta), ("--batch_size", batch_size)):
         if value < 1:
@@ -225,10 +281,25 @@ def classify(
     _check_writable(out_path, "--out")
     if timeline:
         _check_writable(Path(timeline), "--timeline")
+    event_classes = [c.strip() for c in (events or "").split(",") if c.strip()]
+    if event_classes:
+        _check_writable(Path(events_out), "--events_out")
+    if event_threshold is not None and not 0 <= event_threshold <= 1:
+        raise UsageError(f"--event_threshold must be in 0..1, got {event_threshold}")
 
     started = time.perf_counter()
     results, names, predictor = predict_inputs(
-        ckpt, inputs, batch_size, tta, tta_max_shift, aggregation, device, limit, backend, precision
+        ckpt,
+        inputs,
+        batch_size,
+        tta,
+        tta_max_shift,
+        aggregation,
+        device,
+        limit,
+        backend,
+        precision,
+        labels,
     )
     elapsed = time.perf_counter() - started
     if format == "submission":
@@ -241,6 +312,12 @@ def classify(
     if timeline:
         w = predictor.windows
         write_timeline(Path(timeline), results, names, w.sample_rate, w.window)
+    if event_classes:
+        thresholds, said = _event_thresholds(event_classes, names, ckpt, event_threshold)
+        w = predictor.windows
+        n_events = write_events(
+            Path(events_out), results, names, thresholds, w.sample_rate, w.window
+        )
 
     n_windows = len(results.segment_probs)
     labelled = [i for i, c in enumerate(results.clip_ids) if c not in results.errors]
@@ -256,6 +333,7 @@ def classify(
         + (f"; {len(results.errors)} unreadable, listed in the output" if results.errors else "")
         + f"\npredictions: {out_path}"
         + (f"\ntimeline:    {timeline}" if timeline else "")
+        + (f"\nevents:      {events_out} ({n_events} event(s); {said})" if event_classes else "")
     )
     if strict and results.errors:
         sys.exit(1)

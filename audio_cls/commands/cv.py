@@ -7,7 +7,11 @@ on all other folds and validates on nothing (the checkpoint of the last epoch is
 
 Every fold is a normal ``fit`` run (same config, same overrides) whose run directory sits under
 ``runs/<name>/cv_<time>/fold_<k>``; ``cv_summary.json`` beside them holds per-fold metrics and
-mean/std (sample standard deviation) over folds. ``--trainer.fast_dev_run`` runs one batch per
+mean/std (sample standard deviation) over folds, of the test metrics and of what each fold's
+run records of itself (``run/params``, ``run/train_time_s``, ``run/test_segments_per_s``: see
+:mod:`audio_cls.callbacks.run_stats`), with each fold's run directory, the model family and the
+dataset (source, options, class names, fingerprint of its clips): what ``audio-cls compare``
+reads. ``--trainer.fast_dev_run`` runs one batch per
 fold and writes nothing, ``cv_summary.json`` included (the table is printed).
 
 With ``--cv.boost true`` each fold goes on: every clip of its train, val and test folds is
@@ -38,6 +42,7 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from audio_cls.callbacks.run_stats import RunStats, describe_data
 from audio_cls.commands import UsageError, report_clip_problems
 from audio_cls.commands.lightning import AudioCLI, RunDirectoryError
 from audio_cls.reports import write_metrics
@@ -48,6 +53,8 @@ __all__ = ["cv_folds", "cv_options", "main", "run_cv", "summarize"]
 CV_METRICS = ("test/acc", "test/macro_f1", "test/clip_acc", "test/clip_macro_f1")
 #: The same metrics of LightGBM on each fold's embeddings (``--cv.boost true``).
 BOOST_METRICS = tuple(f"boost/{m}" for m in CV_METRICS)
+#: What each fold's run records of itself (:class:`audio_cls.callbacks.RunStats`), summarised too.
+RUN_STATS = ("run/params", "run/train_time_s", "run/test_segments_per_s")
 
 
 def cv_folds(folds: list[int], val: str = "next") -> list[dict[str, list[int]]]:
@@ -67,7 +74,7 @@ def cv_folds(folds: list[int], val: str = "next") -> list[dict[str, list[int]]]:
 def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and sample std of each metric over folds."""
     summary = {}
-    for metric in (*CV_METRICS, *BOOST_METRICS):
+    for metric in (*CV_METRICS, *BOOST_METRICS, *RUN_STATS):
         values = [f[metric] for f in per_fold if f.get(metric) is not None]
         if values:
             summary[metric] = {
@@ -168,10 +175,14 @@ def _log_summary_to_wandb(
             "entity": args.get("entity"),
             "dir": args.get("save_dir") or args.get("dir"),
             "group": args.get("group"),
-            "tags": args.get("tags"),
+            "tags": list(dict.fromkeys([*(args.get("tags") or []), *_labels(result).values()])),
             "name": f"{base}-{tag}-summary",
             "job_type": "cv-summary",
-            "config": {"cv_folds": [f["fold"] for f in result["folds"]], "args": result["config"]},
+            "config": {
+                "cv_folds": [f["fold"] for f in result["folds"]],
+                "args": result["config"],
+                **_labels(result),
+            },
         }
         if args.get("offline"):
             settings["mode"] = "offline"
@@ -189,15 +200,35 @@ def _log_summary_to_wandb(
             run.finish()
 
 
+def _labels(result: dict[str, Any]) -> dict[str, str]:
+    """W&B tags and config keys: the model family and the dataset's short name."""
+    labels = {"family": result.get("family") or ""}
+    if result.get("dataset"):
+        labels["dataset"] = result["dataset"]["name"]
+    return {k: v for k, v in labels.items() if v}
+
+
+_HEADS = {
+    "run/params": "params",
+    "run/train_time_s": "train s",
+    "run/test_segments_per_s": "segments/s",
+}
+
+
 def _table(per_fold: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
-    cols = [m for m in (*CV_METRICS, *BOOST_METRICS) if m in summary]
-    heads = [c.replace("test/", "").replace("boost/", "lgbm ") for c in cols]
+    cols = [m for m in (*CV_METRICS, *BOOST_METRICS, *RUN_STATS) if m in summary]
+    heads = [_HEADS.get(c) or c.replace("test/", "").replace("boost/", "lgbm ") for c in cols]
+
+    def cell(col: str, value: float | None) -> str:
+        if value is None:
+            return f"{'-':>13}"
+        return f"{value:>13.1f}" if col in RUN_STATS else f"{value:>13.4f}"
+
     lines = ["fold  " + "  ".join(f"{h:>13}" for h in heads)]
     for row in per_fold:
-        cells = [f"{row[c]:>13.4f}" if row.get(c) is not None else f"{'-':>13}" for c in cols]
-        lines.append(f"{row['fold']:>4}  " + "  ".join(cells))
-    lines.append("mean  " + "  ".join(f"{summary[c]['mean']:>13.4f}" for c in cols))
-    lines.append(" std  " + "  ".join(f"{summary[c]['std']:>13.4f}" for c in cols))
+        lines.append(f"{row['fold']:>4}  " + "  ".join(cell(c, row.get(c)) for c in cols))
+    lines.append("mean  " + "  ".join(cell(c, summary[c]["mean"]) for c in cols))
+    lines.append(" std  " + "  ".join(cell(c, summary[c]["std"]) for c in cols))
     return "\n".join(lines)
 
 
@@ -260,6 +291,22 @@ def _boost_fold(cli: AudioCLI, plan: dict[str, list[int]], options: dict[str, An
     report = embed_clips(Predictor(model, windows, tap="embedding"), clips, out, meta)
     report_clip_problems(report.errors, report.warnings)
     return run_boost(out, run_dir / "boost", plan["train"], plan["val"], plan["test"], **options)
+
+
+def _fold_stats(cli: AudioCLI, cv_dir: Path | None) -> dict[str, Any]:
+    """The fold run's statistics (:data:`RUN_STATS`) and its directory (relative to the
+    cross-validation's folder where it lies inside it): what ``compare`` reads."""
+    stats = next((cb for cb in cli.trainer.callbacks if isinstance(cb, RunStats)), None)
+    row: dict[str, Any] = {}
+    if stats is not None:
+        recorded = stats.stats(cli.trainer, cli.model)
+        row.update({m: recorded.get(m) for m in RUN_STATS})
+    if cv_dir is not None and cli.trainer.log_dir:
+        run_dir = Path(cli.trainer.log_dir).resolve()
+        with contextlib.suppress(ValueError):
+            run_dir = run_dir.relative_to(cv_dir.resolve())
+        row["run_dir"] = str(run_dir)
+    return row
 
 
 def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -361,6 +408,7 @@ def run_cv(
         row: dict[str, Any] = {"fold": k, **plan}
         for m in CV_METRICS:
             row[m] = float(metrics[m]) if m in metrics else None
+        row.update(_fold_stats(cli, None if root is None else root / tag))
         if boost and not debugging and cli.trainer.is_global_zero:
             boosted = _boost_fold(cli, plan, boost_options)
             row.update({f"boost/{m}": boosted.get(m) for m in CV_METRICS})
@@ -368,6 +416,8 @@ def run_cv(
     summary = summarize(per_fold)
     result = {
         "config": rest,
+        "family": probe.model.registry_name or type(probe.model).__name__,
+        "dataset": describe_data(probe.datamodule),
         "folds": per_fold,
         "summary": summary,
         "wall_time_sec": time.perf_counter() - started,

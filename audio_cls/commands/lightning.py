@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from audio_cls.boost import BoostOptions
-from audio_cls.callbacks import ClipAggregation, FineTuning, RunReport, TTAShift
+from audio_cls.callbacks import ClipAggregation, FineTuning, RunReport, RunStats, TTAShift
 from audio_cls.callbacks.checkpointing import (
     RUN_KEY,
     AtomicCheckpointIO,
@@ -170,6 +170,7 @@ class AudioCLI(LightningCLI):
         parser.add_lightning_class_args(ClipAggregation, "clip_aggregation")
         parser.add_lightning_class_args(TTAShift, "tta")
         parser.add_lightning_class_args(RunReport, "report")
+        parser.add_lightning_class_args(RunStats, "run_stats")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FineTuning, "finetuning")
         # read by `audio-cls cv --cv.boost true` (LightGBM on each fold's embeddings); fit
@@ -296,6 +297,7 @@ class AudioCLI(LightningCLI):
             "metrics_test.json",
             "predictions.csv",
             "confusion_matrix.png",
+            "run_stats.json",
         ):
             if (run_dir / name).exists():
                 rank_zero_info(f"{name + ':':<22} {run_dir / name}")

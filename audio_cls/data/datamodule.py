@@ -5,11 +5,19 @@ plus ``soft (B, C)``), so every model family shares one pipeline; features are t
 business. ``soft`` holds float32 probability targets: in every batch of a split where some clip
 has a soft target (``Clip.soft``; the other clips' rows are one-hot of their label), and in
 training batches under mixup. ``target`` stays the hard label (the argmax for soft-only clips).
+
+Training batches may carry two more keys: ``weight (B,)``, each clip's loss weight, whenever the
+training split holds clips beyond the dataset's own (``extra_train``, ``unlabelled``); and
+``view (B, T)``, a second, independently augmented copy of the same windows (``second_view``),
+for the model's consistency term. Unlabelled clips have ``target`` -1 (and all-zero ``soft``
+rows).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +38,9 @@ from audio_cls.data.segments import (
     window_starts,
 )
 from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestError, soft_targets
+from audio_cls.data.sources.files import AudioFiles
 from audio_cls.data.sources.folder import file_group
+from audio_cls.data.sources.manifest import CSVManifest
 from audio_cls.io import printable_path
 
 __all__ = ["AudioDataModule", "SegmentSet"]
@@ -48,11 +58,14 @@ class SegmentSet:
         clips: The split's clips; ``clip_index`` in batches indexes this list.
         lengths: Samples per clip at the data module's rate.
         windows: ``(N, 2)`` int64 rows of (clip index, start sample).
+        weights: Loss weight per clip (float32), delivered as ``batch["weight"]``; None: none
+            delivered (every clip weighs 1).
     """
 
     clips: list[Clip]
     lengths: np.ndarray
     windows: np.ndarray
+    weights: np.ndarray | None = None
 
 
 class _WindowDataset(Dataset):
@@ -67,6 +80,7 @@ class _WindowDataset(Dataset):
         train: bool = False,
         jitter: int = 0,
         augment: WaveformAugment | None = None,
+        second_view: bool = False,
     ) -> None:
         self.segments = segments
         self.cache = cache
@@ -75,6 +89,7 @@ class _WindowDataset(Dataset):
         self.train = train
         self.jitter = jitter
         self.augment = augment
+        self.second_view = second_view
 
     def __len__(self) -> int:
         return len(self.segments.windows)
@@ -111,9 +126,15 @@ class _WindowDataset(Dataset):
                 current, x = clip_index, self._waveform(clip_index)
             waveform[j] = self._window(start, x)
         batch = torch.from_numpy(waveform)
+        # The second view is made here rather than in the model: the augmentation is configured
+        # once, on the data side, runs in the loader's workers, and each view starts from the
+        # same raw window (same crop) rather than from an augmented copy of the other.
+        view = batch.clone() if self.second_view else None
         if self.augment is not None:
             for j in range(len(batch)):
                 batch[j] = self.augment(batch[j])
+                if view is not None:
+                    view[j] = self.augment(view[j])
         labels = [self.segments.clips[c].label for c in rows[:, 0]]
         out = {
             "waveform": batch,
@@ -126,6 +147,10 @@ class _WindowDataset(Dataset):
             self._soft_table = soft_targets(self.segments.clips)
         if self._soft_table is not None:
             out["soft"] = torch.from_numpy(self._soft_table[rows[:, 0]])
+        if self.segments.weights is not None:
+            out["weight"] = torch.from_numpy(self.segments.weights[rows[:, 0]])
+        if view is not None:
+            out["view"] = view
         return out
 
 
@@ -162,6 +187,26 @@ class AudioDataModule(L.LightningDataModule):
         on_bad_file: ``raise`` lists every unreadable clip and stops; ``skip`` warns and leaves
             them out.
         predict_source: Clips for ``predict`` (None: the test folds).
+        extra_train: A CSV manifest of more training clips, e.g. the teacher-labelled one that
+            ``audio-cls label`` writes (``path``, ``label``, ``prob_<class>`` columns over the
+            dataset's classes, paths relative to the CSV). Its clips join the training split
+            only, whatever their ``fold`` cells say; a clip that is also a training clip of the
+            dataset is left out of it (the dataset's label wins), one that is a validation or
+            test clip is refused or dropped (``extra_overlap``).
+        extra_weight: Loss weight of each ``extra_train`` clip against the dataset's (1).
+        extra_labels: What of ``extra_train`` to train on: its ``prob_`` columns as soft
+            targets (``soft``), or only its top-1 ``label`` (``hard``).
+        extra_overlap: ``extra_train`` or ``unlabelled`` clips that are validation or test clips
+            of the dataset (the same file): ``raise`` names them and stops (the scores would
+            not be honest), ``drop`` leaves them out with a warning (e.g. one teacher manifest
+            for every fold of ``cv``).
+        unlabelled: Audio files, folders or CSV manifests (a ``path`` column) without labels,
+            added to the training split with target -1: they contribute only the model's
+            consistency term (``--model.consistency_weight``) and turn ``second_view`` on.
+            Clips that are already training clips (the dataset's or ``extra_train``'s) are left
+            out of it.
+        second_view: Training batches also carry ``view``, a second copy of each window
+            (same crop) augmented independently of the first, for the consistency term.
 
     ``setup("fit")`` decode-checks every split the run uses (train, validation and test folds,
     since ``fit`` tests afterwards) in one pass, so an unreadable test clip stops the run before
@@ -202,6 +247,12 @@ class AudioDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         on_bad_file: Literal["raise", "skip"] = "raise",
         predict_source: ClipSource | None = None,
+        extra_train: str | None = None,
+        extra_weight: float = 1.0,
+        extra_labels: Literal["soft", "hard"] = "soft",
+        extra_overlap: Literal["raise", "drop"] = "raise",
+        unlabelled: list[str] | None = None,
+        second_view: bool = False,
     ) -> None:
         super().__init__()
         if clip_sec is not None:
@@ -213,6 +264,8 @@ class AudioDataModule(L.LightningDataModule):
             )
         if mixup_alpha < 0:
             raise ValueError(f"data.mixup_alpha must be >= 0, got {mixup_alpha}")
+        if not extra_weight >= 0:
+            raise ValueError(f"data.extra_weight must be >= 0, got {extra_weight}")
         self.save_hyperparameters(ignore=["source", "augment", "predict_source"])
         if source is None:
             from audio_cls.data.sources import Synthetic
@@ -240,6 +293,18 @@ class AudioDataModule(L.LightningDataModule):
             None if in_memory else cache_dir or default_cache_dir(), sample_rate
         )
         self._folds = {"train": train_folds, "val": val_folds, "test": test_folds}
+        self.extra_train = extra_train
+        self.extra_weight = extra_weight
+        self.extra_labels = extra_labels
+        self.extra_overlap = extra_overlap
+        self.unlabelled = list(unlabelled) if unlabelled else None
+        self.second_view = bool(second_view or self.unlabelled)
+        if self.second_view and augment is None:
+            log.warning(
+                "data.second_view without data.augment: both views are the same window, so "
+                "only the model's dropout tells them apart"
+            )
+        self._extra: tuple[list[Clip], list[Clip]] | None = None
         self._manifest: Manifest | None = None
         self._predict_manifest: Manifest | None = None
         self.splits: dict[str, SegmentSet] = {}
@@ -323,7 +388,8 @@ class AudioDataModule(L.LightningDataModule):
         else:
             folds = self.folds()
             if stage in (None, "fit"):
-                wanted["train"] = self.manifest.select(folds["train"])
+                extra, unlabelled = self.extra_clips()
+                wanted["train"] = self.manifest.select(folds["train"]) + extra + unlabelled
             if stage in (None, "fit", "validate") and folds["val"]:
                 wanted["val"] = self.manifest.select(folds["val"])
             if stage in (None, "test"):
@@ -352,6 +418,104 @@ class AudioDataModule(L.LightningDataModule):
         for split in wanted:
             if split in checked:
                 self.splits[split] = self._segment(split, readable[split])
+        if "train" in self.splits and (self.extra_train or self.unlabelled):
+            extra = {id(c) for c in self.extra_clips()[0]}
+            self.splits["train"].weights = np.array(
+                [self.extra_weight if id(c) in extra else 1.0 for c in self.splits["train"].clips],
+                dtype=np.float32,
+            )
+
+    def extra_clips(self) -> tuple[list[Clip], list[Clip]]:
+        """The clips that ``extra_train`` and ``unlabelled`` add to the training split, read once
+        and checked against the dataset's splits (see their options)."""
+        if self._extra is not None:
+            return self._extra
+        folds = self.folds()
+        held_out = {
+            _file_key(c.path): split
+            for split in ("val", "test")
+            for c in self.manifest.select(folds[split])
+        }
+        training = {_file_key(c.path) for c in self.manifest.select(folds["train"])}
+        extra: list[Clip] = []
+        if self.extra_train:
+            extra = self._read_extra(Path(self.extra_train).expanduser())
+            extra = self._without_held_out(extra, held_out, "data.extra_train")
+            kept = [c for c in extra if _file_key(c.path) not in training]
+            if len(kept) < len(extra):
+                log.warning(
+                    "data.extra_train: %d of its %d clip(s) are training clips of the dataset "
+                    "already; they keep the dataset's label and are not added again",
+                    len(extra) - len(kept),
+                    len(extra),
+                )
+            extra = kept
+            training |= {_file_key(c.path) for c in extra}
+        unlabelled: list[Clip] = []
+        if self.unlabelled:
+            found = AudioFiles(self.unlabelled).manifest(self.root).clips
+            found = self._without_held_out(found, held_out, "data.unlabelled")
+            unlabelled = [
+                Clip(c.path, -1, 0, f"unlabelled:{c.clip_id}")
+                for c in found
+                if _file_key(c.path) not in training
+            ]
+            if len(unlabelled) < len(found):
+                log.info(
+                    "data.unlabelled: %d clip(s) are labelled training clips already; left out",
+                    len(found) - len(unlabelled),
+                )
+            if not unlabelled:
+                raise ManifestError(
+                    f"data.unlabelled {self.unlabelled}: no clip is left that is not a labelled "
+                    "training, validation or test clip; give audio the dataset does not hold"
+                )
+        self._extra = (extra, unlabelled)
+        return self._extra
+
+    def _read_extra(self, path: Path) -> list[Clip]:
+        """``extra_train``'s clips, labelled over the dataset's classes, all in training."""
+        if not path.is_file():
+            raise ManifestError(
+                f"data.extra_train {path}: manifest not found; write one with `audio-cls label` "
+                "or give the path of a CSV with path and label (or prob_<class>) columns"
+            )
+        source = CSVManifest(
+            file=path.name, num_folds=_fold_count(path), classes=list(self.class_names)
+        )
+        try:
+            clips = source.manifest(path.parent).clips
+        except ManifestError as err:
+            raise ManifestError(f"data.extra_train: {err}") from None
+        if self.extra_labels == "hard":
+            clips = [dataclasses.replace(c, soft=None) for c in clips]
+        # own ids: the dataset may name a clip of its own the same way
+        return [dataclasses.replace(c, clip_id=f"extra:{c.clip_id}") for c in clips]
+
+    def _without_held_out(
+        self, clips: list[Clip], held_out: dict[str, str], option: str
+    ) -> list[Clip]:
+        """``clips`` without those that are validation or test clips (``extra_overlap``)."""
+        overlap = [(c, held_out[k]) for c in clips if (k := _file_key(c.path)) in held_out]
+        if not overlap:
+            return clips
+        shown = ", ".join(f"{printable_path(c.path)} ({split})" for c, split in overlap[:5])
+        more = f" and {len(overlap) - 5} more" if len(overlap) > 5 else ""
+        if self.extra_overlap == "raise":
+            raise ManifestError(
+                f"{option}: {len(overlap)} of its clip(s) are validation or test clips of the "
+                f"dataset: {shown}{more}; training on them would make those scores dishonest. "
+                f"Remove them, or pass --data.extra_overlap drop to leave them out"
+            )
+        log.warning(
+            "%s: leaving out %d clip(s) that are validation or test clips: %s%s",
+            option,
+            len(overlap),
+            shown,
+            more,
+        )
+        dropped = {id(c) for c, _ in overlap}
+        return [c for c in clips if id(c) not in dropped]
 
     def _check_files(self, splits: dict[str, list[Clip]]) -> dict[str, list[Clip]]:
         """Decode every clip of ``splits`` once (into the cache) and record the unreadable ones
@@ -521,6 +685,7 @@ class AudioDataModule(L.LightningDataModule):
             train=train,
             jitter=self.hop // 2 if train else 0,
             augment=self.augment if train else None,
+            second_view=train and self.second_view,
         )
 
     def _loader(self, split: str, batch_size: int, **kwargs: Any) -> DataLoader:
@@ -538,9 +703,10 @@ class AudioDataModule(L.LightningDataModule):
         if not self.balanced_sampling:
             return self._loader("train", self.batch_size, shuffle=True, drop_last=True)
         segments = self.splits["train"]
-        labels = np.array([segments.clips[i].label for i in segments.windows[:, 0]])
-        weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
-        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels))
+        # unlabelled clips (-1) are balanced as one more class
+        groups = np.array([segments.clips[i].label for i in segments.windows[:, 0]]) + 1
+        weights = 1.0 / np.bincount(groups, minlength=self.num_classes + 1)[groups]
+        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(groups))
         return self._loader("train", self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -559,12 +725,61 @@ class AudioDataModule(L.LightningDataModule):
         if self.mixup_alpha > 0 and trainer is not None and trainer.training:
             # mix the clips' soft targets when the data has them, one-hot labels otherwise
             target = batch["soft"] if "soft" in batch else batch["target"]
-            batch["waveform"], batch["soft"] = mixup(
-                batch["waveform"], target, self.num_classes, self.mixup_alpha
-            )
+            waveform = batch["waveform"]
+            if "view" in batch:  # both views mixed alike: one lambda, one permutation
+                waveform = torch.stack([waveform, batch["view"]], dim=1)
+            if self.unlabelled:
+                mixed, soft = _mixup_labelled(
+                    waveform, target, batch["target"] >= 0, self.num_classes, self.mixup_alpha
+                )
+            else:
+                mixed, soft = mixup(waveform, target, self.num_classes, self.mixup_alpha)
+            batch["soft"] = soft
+            if "view" in batch:
+                batch["waveform"], batch["view"] = mixed[:, 0], mixed[:, 1]
+            else:
+                batch["waveform"] = mixed
         return batch
 
     def segments(self, split: str) -> SegmentSet:
         """The clips and windows of a prepared split: what batches' ``clip_index`` and
         ``segment_index`` point into (the clip-aggregation callback reads it)."""
         return self.splits[split]
+
+
+def _file_key(path: Path) -> str:
+    """One name per file, however it is reached (relative path, ``..``, symbolic link)."""
+    return os.path.realpath(path)
+
+
+def _fold_count(csv_path: Path) -> int:
+    """Enough folds for every ``fold`` cell of a CSV (folds of an extra manifest are read but not
+    used: all its clips train)."""
+    from audio_cls.data.sources._common import read_csv_table
+
+    _, rows = read_csv_table(csv_path, ())
+    folds = [int(f) for _, r in rows if (f := r.get("fold", "")).isdigit()]
+    return max(3, *folds) if folds else 5
+
+
+def _mixup_labelled(
+    waveform: torch.Tensor,
+    target: torch.Tensor,
+    labelled: torch.Tensor,
+    num_classes: int,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup among the labelled rows only; unlabelled rows stay as they are, with zero targets
+    (a mix with a clip of no label would have a target that sums to less than 1)."""
+    rows = labelled.nonzero().squeeze(1)
+    soft = torch.zeros(len(waveform), num_classes, device=waveform.device)
+    if target.ndim == 2:
+        soft[rows] = target[rows].float()
+    else:
+        soft[rows] = torch.nn.functional.one_hot(target[rows], num_classes).float()
+    if len(rows) < 2:
+        return waveform, soft
+    mixed, mixed_soft = mixup(waveform[rows], target[rows], num_classes, alpha)
+    waveform = waveform.clone()
+    waveform[rows], soft[rows] = mixed, mixed_soft
+    return waveform, soft

@@ -20,6 +20,7 @@ from audio_cls.models.registry import (
     register_model,
 )
 from audio_cls.models.soundnet import SoundNetClassifier
+from audio_cls.models.text_teacher import TextTeacher
 from audio_cls.models.vjepa2 import VJEPA2Classifier
 from audio_cls.models.wav2vec2 import Wav2Vec2Classifier
 from audio_cls.models.yamnet import YAMNetClassifier
@@ -34,6 +35,7 @@ __all__ = [
     "MelCNN",
     "PretrainedConfig",
     "SoundNetClassifier",
+    "TextTeacher",
     "VJEPA2Classifier",
     "Wav2Vec2Classifier",
     "YAMNetClassifier",

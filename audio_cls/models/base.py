@@ -3,8 +3,10 @@
 A model is three components, each from ``audio_cls.nn``: a front end (waveform -> features,
 its settings saved with the checkpoint and compared on load), a backbone (features ->
 unpooled features) and a head (pooling + classifier). The base class owns what all families
-share: the loss (cross-entropy with label smoothing, soft targets), segment metrics per stage,
-optimiser parameter groups and the schedule, pretrained weights, and the checkpoint contract.
+share: the loss (cross-entropy with label smoothing, soft targets, distillation at a
+temperature, per-clip weights, a consistency term between two augmented views), segment metrics
+per stage, optimiser parameter groups and the schedule, pretrained weights, and the checkpoint
+contract.
 
 A family is a thin subclass that names its parts::
 
@@ -62,6 +64,8 @@ __all__ = [
     "AudioClassifier",
     "CheckpointMismatchError",
     "NonFiniteError",
+    "consistency_loss",
+    "distillation_loss",
     "load_classifier",
 ]
 
@@ -117,7 +121,23 @@ class AudioClassifier(L.LightningModule):
         tap_combine: With ``taps``: ``mean`` of the heads' probabilities (the embedding
             concatenates theirs), or the name of the one tap whose head predicts and embeds.
         head_dropout: Dropout before the classifier layer.
-        label_smoothing: Cross-entropy label smoothing.
+        label_smoothing: Cross-entropy label smoothing (hard labels, and soft ones with
+            ``soft_loss: ce``).
+        soft_loss: Loss on soft targets (``batch["soft"]``: a soft-label manifest, a teacher's
+            labels, mixup): ``ce``, soft cross-entropy; ``kl``, distillation,
+            ``T^2 * KL(q_T || p_T)`` with both distributions at ``distill_temperature`` T (the
+            targets re-tempered as ``q^(1/T)`` renormalised, which is the softmax of a
+            teacher's logits over T). Hard-labelled clips in a soft batch are one-hot rows, so
+            with ``kl`` they get ``T^2`` times cross-entropy at T. Batches without soft
+            targets always use cross-entropy.
+        distill_temperature: The temperature T of ``soft_loss: kl`` (1: plain KL).
+        consistency_weight: Weight of a consistency term between the predictions on two
+            independently augmented views of the same windows (the data module's
+            ``second_view``, on by itself with its ``unlabelled`` audio): the first view's
+            probabilities, without gradient, are the target of the second's. It is the one
+            loss that unlabelled clips (target -1) contribute. 0: off (no second forward pass).
+        consistency_loss: ``kl``: ``KL(p_1 || p_2)``; ``mse``: squared distance between the two
+            probability vectors (summed over classes).
         lr: Peak learning rate of the head (and of the rest unless ``backbone_lr`` is set).
         backbone_lr: Learning rate of front end and backbone (None: ``lr``).
         weight_decay: AdamW decay; never applied to norms, biases and SSM parameters.
@@ -127,6 +147,12 @@ class AudioClassifier(L.LightningModule):
             (``audio-cls models --pretrained``), a local file or folder, a hub name or a URL.
         pretrained_prefixes: Load only our parameters under these prefixes (e.g.
             ``[head.pool]`` for V-JEPA2's attentive pooler alone); None: all the weights cover.
+
+    Per-clip weights: a batch may carry ``weight`` (B,) (the data module's ``extra_weight`` for
+    teacher-labelled clips, 1 for the rest); each clip's supervised and consistency losses are
+    multiplied by it, the supervised one averaged over the batch's labelled clips and the
+    consistency one over all its clips. Without ``weight``, ``soft_loss: ce`` and no
+    consistency term, the loss is the plain mean cross-entropy, as before these options.
     """
 
     registry_name: ClassVar[str] = ""
@@ -159,6 +185,10 @@ class AudioClassifier(L.LightningModule):
         tap_combine: str = "mean",
         head_dropout: float = 0.2,
         label_smoothing: float = 0.1,
+        soft_loss: Literal["ce", "kl"] = "ce",
+        distill_temperature: float = 1.0,
+        consistency_weight: float = 0.0,
+        consistency_loss: Literal["kl", "mse"] = "kl",
         lr: float = 1e-3,
         backbone_lr: float | None = None,
         weight_decay: float = 1e-2,
@@ -181,6 +211,10 @@ class AudioClassifier(L.LightningModule):
             raise ValueError(
                 f"class_names has {len(class_names)} names but num_classes is {num_classes}"
             )
+        if not distill_temperature > 0:
+            raise ValueError(f"--model.distill_temperature must be > 0, got {distill_temperature}")
+        if not consistency_weight >= 0:
+            raise ValueError(f"--model.consistency_weight must be >= 0, got {consistency_weight}")
         settings = self._frontend_settings(frontend)
         pooling = pooling or cls.default_pooling
         self.num_classes = num_classes
@@ -334,19 +368,35 @@ class AudioClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        target = batch["soft"] if "soft" in batch else batch["target"]
-        smoothing = self.hparams.label_smoothing
-        features = self.forward_features(batch["waveform"])
+        hp = self.hparams
+        consistency = hp.consistency_weight
+        waveform = batch["waveform"]
+        n = len(waveform)
+        if consistency > 0:
+            if "view" not in batch:
+                raise ValueError(
+                    "--model.consistency_weight needs a second augmented view of each training "
+                    "window: set --data.second_view true (with --data.augment), or give "
+                    "--data.unlabelled"
+                )
+            # one pass over both views: BatchNorm sees them together, as one batch
+            waveform = torch.cat([waveform, batch["view"]])
+        features = self.forward_features(waveform)
         if isinstance(self.head, MultiTapHead):  # one loss per head, summed
-            per_head = self.head.head_logits(features)
-            loss = sum(
-                F.cross_entropy(x.float(), target, label_smoothing=smoothing)
-                for x in per_head.values()
-            )
-            logits = self.head.combine_logits(per_head)
+            heads = self.head.head_logits(features)
         else:
-            logits = self.forward_head(features)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+            heads = {"": self.forward_head(features)}
+        loss = sum(self._supervised_loss(x[:n], batch) for x in heads.values())
+        if consistency > 0:
+            kind = hp.consistency_loss
+            term = sum(
+                _weighted_mean(consistency_loss(x[:n], x[n:], kind), batch.get("weight"))
+                for x in heads.values()
+            )
+            self.log("train/consistency_loss", term, on_step=False, on_epoch=True, batch_size=n)
+            loss = loss + consistency * term
+        first = {name: x[:n] for name, x in heads.items()}
+        logits = self.head.combine_logits(first) if "" not in first else first[""]
         regularization = self.frontend.regularization_loss()
         if regularization is not None:  # e.g. FBSP's filter-norm loss
             self.log("train/frontend_loss", regularization, on_step=False, on_epoch=True)
@@ -355,12 +405,44 @@ class AudioClassifier(L.LightningModule):
             self._refuse_non_finite(
                 "train", batch, logits, f"the training loss became {loss.item()}"
             )
+        target = batch["soft"] if "soft" in batch else batch["target"]
         hard = target.argmax(-1) if target.ndim == 2 else target
-        self.metrics["train_metrics"].update(logits.detach(), hard)
-        self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(hard)
-        )
+        labelled = batch["target"] >= 0  # unlabelled clips have no metrics either
+        if labelled.any():
+            self.metrics["train_metrics"].update(logits.detach()[labelled], hard[labelled])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         return loss
+
+    def _supervised_loss(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The batch's label loss of one head's logits ``(B, C)`` (see the class docstring)."""
+        hp = self.hparams
+        smoothing = hp.label_smoothing
+        soft_loss = hp.soft_loss
+        soft = batch.get("soft")
+        weight = batch.get("weight")
+        consistency = hp.consistency_weight > 0
+        if weight is None and not consistency and (soft is None or soft_loss == "ce"):
+            # the loss of runs before per-clip weights, term for term
+            target = soft if soft is not None else batch["target"]
+            return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+        labelled = batch["target"] >= 0
+        if soft is not None and soft_loss == "kl":
+            per_clip = distillation_loss(logits, soft, hp.distill_temperature)
+        else:
+            target = soft if soft is not None else batch["target"].clamp_min(0)
+            per_clip = F.cross_entropy(
+                logits.float(), target, label_smoothing=smoothing, reduction="none"
+            )
+        warned = getattr(self, "_warned_unlabelled", False)
+        if not (warned or consistency or bool(labelled.all())):
+            log.warning(
+                "training batches hold unlabelled clips but --model.consistency_weight is 0: "
+                "they take no part in the loss"
+            )
+            self._warned_unlabelled = True
+        return _weighted_mean(per_clip, weight, labelled)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # after accumulation and AMP unscaling, so the front end sees the step's true gradients
@@ -539,6 +621,65 @@ class AudioClassifier(L.LightningModule):
                 f"this checkpoint's front end differs from the configured one ({said}); "
                 f"configure the model (and --data.sample_rate) as it was trained"
             )
+
+
+# ---------------------------------------------------------------------- losses
+def distillation_loss(
+    logits: torch.Tensor, soft: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Knowledge distillation per row: ``T^2 * KL(q_T || softmax(logits / T))`` ``(B,)``.
+
+    Args:
+        logits: The student's logits ``(B, C)``.
+        soft: Target probabilities ``(B, C)``; re-tempered as ``q^(1/T)`` renormalised, which
+            for a teacher's softmax output is the softmax of its logits over T. An all-zero row
+            (an unlabelled clip) gives 0.
+        temperature: T; the ``T^2`` factor keeps the gradients' scale as T changes (Hinton et
+            al., 2015).
+    """
+    t = float(temperature)
+    q = soft.float().clamp_min(0)
+    if t != 1.0:
+        q = q.pow(1.0 / t)
+    q = q / q.sum(-1, keepdim=True).clamp_min(1e-12)
+    log_p = F.log_softmax(logits.float() / t, dim=-1)
+    # kl_div takes 0 * log 0 as 0, so classes a target rules out cost nothing
+    return t * t * F.kl_div(log_p, q, reduction="none").sum(-1)
+
+
+def consistency_loss(
+    logits: torch.Tensor, other: torch.Tensor, kind: Literal["kl", "mse"] = "kl"
+) -> torch.Tensor:
+    """How far the predictions on a second view stray from those on the first, per row ``(B,)``.
+
+    The first view's probabilities are the target, without gradient (a Pi-model without a
+    mean teacher), so the term pulls the second view towards the first, never both together
+    towards a constant.
+
+    Args:
+        logits: Logits ``(B, C)`` of the first view (the target).
+        other: Logits ``(B, C)`` of the second view.
+        kind: ``kl``: ``KL(p_1 || p_2)``; ``mse``: squared distance of the probability vectors.
+    """
+    target = logits.detach().float().softmax(-1)
+    if kind == "mse":
+        return (other.float().softmax(-1) - target).square().sum(-1)
+    if kind != "kl":
+        raise ValueError(f"--model.consistency_loss must be kl or mse, got {kind!r}")
+    return F.kl_div(F.log_softmax(other.float(), dim=-1), target, reduction="none").sum(-1)
+
+
+def _weighted_mean(
+    per_row: torch.Tensor, weight: torch.Tensor | None, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``sum(weight * loss)`` over the ``rows`` (mask; None: all) divided by their count (0 when
+    there are none, still part of the graph)."""
+    if weight is not None:
+        per_row = per_row * weight.to(per_row.dtype)
+    if rows is None:
+        return per_row.mean()
+    per_row = torch.where(rows, per_row, torch.zeros_like(per_row))
+    return per_row.sum() / rows.sum().clamp_min(1)
 
 
 # ---------------------------------------------------------------------- signature composition

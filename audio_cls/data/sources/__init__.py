@@ -4,6 +4,7 @@ from audio_cls.data.sources.base import Clip, ClipSource, Manifest, ManifestErro
 from audio_cls.data.sources.esc50 import ESC50
 from audio_cls.data.sources.files import AudioFiles
 from audio_cls.data.sources.folder import ClassFolders
+from audio_cls.data.sources.groups import ClassGroups
 from audio_cls.data.sources.manifest import CSVManifest
 from audio_cls.data.sources.synthetic import SYNTHETIC_CLASSES, Synthetic
 from audio_cls.data.sources.urbansound8k import UrbanSound8K
@@ -15,6 +16,7 @@ __all__ = [
     "AudioFiles",
     "CSVManifest",
     "ClassFolders",
+    "ClassGroups",
     "Clip",
     "ClipSource",
     "Manifest",

@@ -38,7 +38,7 @@ from audio_cls.data.sources.manifest import PROB_PREFIX
 from audio_cls.inference import Predictor, TimeShiftTTA, WindowSettings
 
 if TYPE_CHECKING:
-    from audio_cls.inference import Aggregation
+    from audio_cls.inference import Aggregation, Precision
 
 __all__ = [
     "LabelManifest",
@@ -173,12 +173,15 @@ def write_label_manifest(
     if len(set(names)) != len(names):
         raise ValueError(f"class names repeat: {names}")
     path = Path(path)
-    probs = torch.tensor([list(r.probs) for r in rows], dtype=torch.float32).reshape(len(rows), -1)
-    if len(rows) and probs.shape[1] != len(names):
+    widths = {len(r.probs) for r in rows}
+    if widths - {len(names)}:
         raise ValueError(
-            f"rows have {probs.shape[1]} probabilities but there are {len(names)} class names"
+            f"rows have {max(widths - {len(names)})} probabilities but there are {len(names)} "
+            f"class names"
         )
-    index, confidence = hard_labels(probs) if len(rows) else (torch.zeros(0).long(), torch.zeros(0))
+    # no rows (every clip unreadable) still writes both files, header only
+    probs = torch.tensor([list(r.probs) for r in rows], dtype=torch.float32).reshape(-1, len(names))
+    index, confidence = hard_labels(probs)
     sure = split_by_confidence(confidence, threshold)
     with_fold = any(r.fold is not None for r in rows)
     with_id = any(r.clip_id is not None for r in rows)
@@ -326,6 +329,7 @@ def label_clips(
     tta: int = 1,
     device: str = "auto",
     limit: int | None = None,
+    precision: Precision = "auto",
 ) -> LabelledClips:
     """Soft labels of every clip in ``inputs`` from ``model``, through the inference core.
 
@@ -341,10 +345,10 @@ def label_clips(
         inputs: Audio files, folders or CSV manifests (their ``fold`` and ``clip_id`` cells are
             kept), as ``classify`` takes them; or ``Clip`` objects of a data module's manifest
             (their fold and clip id kept).
-        classes: Class names to label with (``"a, b, c"`` or a list). A ``text_teacher`` scores any names (its class
-            text embeddings are recomputed with its recorded text model and prompts); another
-            model only its own classes (a subset or another order is fine). None: the model's
-            own classes.
+        classes: Class names to label with (``"a, b, c"`` or a list). A ``text_teacher``
+            scores any names (its class text embeddings are recomputed with its recorded text
+            model and prompts); another model only its own classes (a subset or another order
+            is fine). None: the model's own classes.
         temperature: Softmax temperature on the model's logits (1: the model's probabilities).
         windows: How clips are cut (None: the checkpoint's settings, or 0.96 s windows with a
             half-window hop at the model's rate for a model in memory).
@@ -353,6 +357,8 @@ def label_clips(
         tta: Time-shifted copies averaged per window (1: off).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         limit: Only the first N clips.
+        precision: ``auto``, ``32`` or ``bf16``: the inference core's
+            (:class:`~audio_cls.inference.Predictor`).
 
     Raises:
         ValueError: Empty or repeated ``classes``, classes an ordinary classifier does not
@@ -384,8 +390,9 @@ def label_clips(
             unknown = [n for n in names if n not in own]
             raise ValueError(
                 f"{where} is a {getattr(net, 'registry_name', '') or 'classifier'} trained on "
-                f"{own}; it cannot score {unknown}: only a text_teacher checkpoint labels with "
-                f"class names of your choice (leave --classes out for its own classes)"
+                f"{', '.join(own)}; it cannot score {', '.join(unknown)}: only a text_teacher "
+                f"checkpoint labels with class names of your choice (leave --classes out for "
+                f"its own classes, or give some of them)"
             )
     predictor = Predictor(
         _Tempered(net, temperature),
@@ -394,6 +401,7 @@ def label_clips(
         tta=TimeShiftTTA(tta) if tta > 1 else None,
         aggregation=aggregation,
         device=device,
+        precision=precision,
     )
     clips = _gather(inputs, names if pick is None else own)[:limit]
     predictions = list(predictor.predict_files((c.clip.clip_id, c.clip.path) for c in clips))

@@ -5,6 +5,7 @@
   ``prob_<class>`` columns double as a soft-label manifest), and why a clip has none;
 - ``write_timeline``: one row per window, for long recordings;
 - ``write_classification_report`` and ``write_confusion_matrix``: clip level, from scikit-learn;
+- ``write_test_reports``: the files every test (a run's, an ensemble's) leaves, all of the above;
 - one class against the rest (the impact-noise task): ``choose_threshold`` picks a decision
   threshold on validation probabilities (max F1), ``positive_metrics`` scores it,
   ``write_pr_curve`` draws the precision-recall curve with that operating point;
@@ -43,6 +44,7 @@ __all__ = [
     "write_pr_curve",
     "write_predictions",
     "write_submission",
+    "write_test_reports",
     "write_timeline",
 ]
 
@@ -206,6 +208,26 @@ def write_confusion_matrix(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_test_reports(
+    out: Path,
+    metrics: Mapping[str, Any],
+    results: ClipResults,
+    class_names: Sequence[str],
+    title: str = "",
+    top_k: int = 3,
+) -> None:
+    """``metrics_test.json``, ``predictions.csv``, ``classification_report.csv`` and
+    ``confusion_matrix.png`` (titled with ``title`` and the clip accuracy) into ``out``."""
+    write_metrics(out / "metrics_test.json", metrics)
+    write_predictions(out / "predictions.csv", results, class_names, top_k)
+    write_classification_report(out / "classification_report.csv", results, class_names)
+    acc = metrics.get("test/clip_acc")
+    said = f"clip accuracy {acc:.3f}" if acc is not None else "test clips"
+    write_confusion_matrix(
+        out / "confusion_matrix.png", results, class_names, f"{title}: {said}" if title else said
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,9 +411,9 @@ def find_events(
 ) -> list[tuple[float, float, float]]:
     """Windows whose probability is >= ``threshold``, merged into events.
 
-    A window above the threshold extends the current event when it is the next window in
-    order, or starts before the event ends (windows overlap when the hop is below half a
-    window); any other window below the threshold ends it.
+    A window at or above the threshold extends the current event when it is the next window
+    in order, or when it starts before the event ends (with a hop shorter than the window, a
+    window a few places on still overlaps the event); otherwise it starts a new event.
 
     Args:
         starts: Window start times, ascending (any unit; ``window`` in the same one).

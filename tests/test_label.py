@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from audio_cls import labelling
 from audio_cls.cli import main
 from audio_cls.commands import UsageError
+from audio_cls.commands.label import label
 from audio_cls.data.sources import CSVManifest
 from audio_cls.labelling import (
     LabelRow,
@@ -98,6 +100,14 @@ def test_hard_manifest_has_no_prob_columns(tmp_path, clips):
     manifest = CSVManifest("hard.csv", classes=["x", "y"]).manifest(tmp_path)
     assert [c.soft for c in manifest.clips] == [None] * 3
     assert _rows(tmp_path / "hard_unsure.csv") == [], "written, empty, every row sure"
+
+
+def test_no_rows_write_header_only_files(tmp_path):
+    """Every clip unreadable: both files still written, so no stale ones linger."""
+    written = write_label_manifest(tmp_path / "l.csv", [], ["x", "y"], threshold=0.5)
+    assert (written.num_sure, written.num_unsure) == (0, 0)
+    for path in (written.path, written.unsure):
+        assert path.read_text().splitlines() == ["path,label,confidence,prob_x,prob_y"]
 
 
 def test_paths_outside_the_manifest_folder_are_absolute(tmp_path, clips):
@@ -220,6 +230,7 @@ def test_ordinary_classifier_labels_its_own_classes_only(synthetic_root, tmp_pat
         (["--temperature", "0"], "--temperature must be > 0"),
         (["--out", "labels.json"], "is a .csv file"),
         (["--classes", " "], "--classes is empty"),
+        (["--classes", "a, b, a"], "--classes names a more than once"),
     ],
 )
 def test_label_option_errors(args, message, tmp_path, monkeypatch):
@@ -227,6 +238,26 @@ def test_label_option_errors(args, message, tmp_path, monkeypatch):
     ckpt = save_tiny_checkpoint(tmp_path / "cnn.ckpt", ["a", "b"])
     with pytest.raises(UsageError, match=message):
         main(["label", "--ckpt", str(ckpt), str(tmp_path), *args])
+
+
+def test_label_passes_precision_to_the_inference_core(synthetic_root, tmp_path, monkeypatch):
+    seen = {}
+
+    class Spy(labelling.Predictor):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(labelling, "Predictor", Spy)
+    ckpt = save_tiny_checkpoint(tmp_path / "cnn.ckpt", ["impact", "footsteps", "knock"])
+    audio = str(synthetic_root / "audio")
+    out = tmp_path / "l.csv"
+    main(["label", "--ckpt", str(ckpt), audio, "--out", str(out), "--limit=2", "--precision=32"])
+    assert seen["precision"] == "32"
+    assert len(_rows(out)) + len(_rows(unsure_path(out))) == 2
+    # the command line refuses other values in its parser; a call from Python here
+    with pytest.raises(UsageError, match="--precision must be one of auto, 32, bf16"):
+        label([audio], str(ckpt), out=str(out), precision="16")
 
 
 def test_data_module_clips_keep_their_fold_and_id(synthetic_root, tmp_path):

@@ -49,6 +49,7 @@ ALLOWED = {
         "boost",
         "embeddings",
         "labelling",
+        "text",
     },
     "cli": {"commands", "data", "io", "models", "nn", "extras"},
 }

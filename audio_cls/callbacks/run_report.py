@@ -36,11 +36,10 @@ from audio_cls.reports import (
     choose_threshold,
     finite_number,
     positive_metrics,
-    write_classification_report,
-    write_confusion_matrix,
     write_metrics,
     write_pr_curve,
     write_predictions,
+    write_test_reports,
     write_timeline,
 )
 
@@ -89,6 +88,8 @@ class RunReport(L.Callback):
         self._val_history: list[dict[str, Any]] = []
         self._threshold: Threshold | None = None  # chosen at the latest validation
         self._test_threshold: Threshold | None = None
+        #: What the latest test wrote to ``metrics_test.json`` (``cv`` reads the positive class's).
+        self.test_metrics: dict[str, Any] = {}
 
     @staticmethod
     def run_dir(trainer: L.Trainer) -> Path | None:
@@ -206,15 +207,11 @@ class RunReport(L.Callback):
         results = self._results(trainer, "test")
         if results is not None and self._test_threshold is not None:
             metrics.update(self._positive_report(out, results, pl_module, self._test_threshold))
-        write_metrics(out / "metrics_test.json", metrics)
+        self.test_metrics = metrics
         if results is None:
+            write_metrics(out / "metrics_test.json", metrics)
             return
-        names = pl_module.class_names
-        write_predictions(out / "predictions.csv", results, names, self.top_k)
-        write_classification_report(out / "classification_report.csv", results, names)
-        acc = metrics.get("test/clip_acc")
-        title = f"clip accuracy {acc:.3f}" if acc is not None else "test clips"
-        write_confusion_matrix(out / "confusion_matrix.png", results, names, title)
+        write_test_reports(out, metrics, results, pl_module.class_names, top_k=self.top_k)
         self._log_to_wandb(trainer, out)
         log.info("test reports written to %s", out)
 

@@ -37,7 +37,7 @@ from audio_cls.callbacks.aggregation import ClipAggregation
 from audio_cls.callbacks.run_report import RunReport
 from audio_cls.reports import write_metrics, write_predictions
 
-__all__ = ["STATS_FILE", "VAL_PREDICTIONS_FILE", "RunStats", "describe_data"]
+__all__ = ["STATS_FILE", "VAL_PREDICTIONS_FILE", "RunStats", "describe_data", "plain_setting"]
 
 STATS_FILE = "run_stats.json"
 VAL_PREDICTIONS_FILE = "predictions_val.csv"
@@ -46,20 +46,56 @@ VAL_PREDICTIONS_FILE = "predictions_val.csv"
 _NOT_DATA = {"download", "missing", "default_folds"}
 
 
-def _option(value: Any) -> Any:
+def plain_setting(value: Any) -> Any:
     """A source attribute as JSON, or None for what is not a plain setting (paths, objects)."""
     if isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str) and "/" not in value and "\\" not in value:
         return value  # a path differs between machines holding the same data
-    if isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
-        return list(value)
+    if isinstance(value, (tuple, list)):  # fold lists, class names
+        items = [plain_setting(v) for v in value]
+        plain = all(i is not None and not isinstance(i, (list, dict)) for i in items)
+        return items if plain else None
+    if isinstance(value, dict):  # ClassGroups' groups: name -> class names
+        entries = {str(k): plain_setting(v) for k, v in value.items()}
+        return entries if all(v is not None for v in entries.values()) else None
     return None
 
 
+def _wrapped(value: Any) -> bool:
+    """Whether an attribute of a source is a source it wraps (ClassGroups' ``source``)."""
+    return callable(getattr(value, "manifest", None)) and callable(getattr(value, "prepare", None))
+
+
+def _source_options(source: Any) -> dict[str, Any]:
+    """A source's plain options; those of a source it wraps as ``<attribute>.<option>``."""
+    options: dict[str, Any] = {}
+    for k, raw in sorted(vars(source).items()):
+        if k.startswith("_") or k in _NOT_DATA:
+            continue
+        if _wrapped(raw):
+            options[k] = type(raw).__name__
+            options.update({f"{k}.{ik}": iv for ik, iv in _source_options(raw).items()})
+        elif (v := plain_setting(raw)) is not None:
+            options[k] = v
+    return options
+
+
+def _source_name(source: Any) -> str:
+    """Short dataset name: the subset or the source's kind; a wrapping source's is the wrapped
+    one's and its groups (``esc50-impact``)."""
+    inner = getattr(source, "source", None)
+    if _wrapped(inner):
+        groups = getattr(source, "groups", None)
+        own = "-".join(groups) if isinstance(groups, dict) else type(source).__name__.lower()
+        return f"{_source_name(inner)}-{own}"
+    return str(getattr(source, "subset", None) or type(source).__name__.lower())
+
+
 def describe_data(datamodule: Any) -> dict[str, Any] | None:
-    """The dataset a run used, as ``compare`` checks it: source class, its plain options, short
-    name, class names, number of clips and a fingerprint of (clip id, fold, label) over all clips.
+    """The dataset a run used, as ``compare`` checks it: source class, its plain options (those
+    of a wrapped source as ``source.<option>``), short name, class names, number of clips and a
+    fingerprint of (clip id, fold, label) over all clips.
 
     None for a data module that is not an :class:`~audio_cls.data.AudioDataModule`.
     """
@@ -67,18 +103,14 @@ def describe_data(datamodule: Any) -> dict[str, Any] | None:
     manifest = getattr(datamodule, "manifest", None)
     if source is None or manifest is None:
         return None
-    options = {
-        k: v
-        for k, raw in sorted(vars(source).items())
-        if not k.startswith("_") and k not in _NOT_DATA and (v := _option(raw)) is not None
-    }
+    options = _source_options(source)
     digest = hashlib.sha1()
     for clip in sorted(manifest.clips, key=lambda c: c.clip_id):
         digest.update(f"{clip.clip_id}\t{clip.fold}\t{clip.label}\n".encode())
     kind = type(source).__name__
     return {
         "source": kind,
-        "name": str(options.get("subset") or kind.lower()),
+        "name": _source_name(source),
         "options": options,
         "root": str(Path(getattr(datamodule, "root", "")).resolve()),
         "class_names": list(manifest.class_names),

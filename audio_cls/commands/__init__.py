@@ -12,22 +12,40 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "VERBS",
     "UsageError",
     "Verb",
+    "check_writable",
     "normalise_dashes",
     "report_clip_problems",
     "run_function_verb",
+    "split_section_argv",
 ]
 
 
 class UsageError(ValueError):
     """A verb's option is out of range; the message names the option and what to do."""
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail before the work, not after it, when an output file cannot be written; the message
+    names ``option``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(
+            f"{option} {path}: cannot write there ({err.strerror}); pick another path"
+        ) from None
 
 
 def report_clip_problems(errors: dict[str, str], warnings: dict[str, str]) -> None:
@@ -104,6 +122,46 @@ def normalise_dashes(argv: list[str]) -> list[str]:
             token = "--" + name.replace("-", "_") + eq + value
         out.append(token)
     return out
+
+
+def split_section_argv(
+    argv: list[str], section: str, list_options: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """A verb's own ``--<section>.*`` options (with their values) apart from the training
+    options that go to LightningCLI, for verbs that take both (``cv``, ``pseudolabel``).
+
+    A list option (``list_options``) takes several bare values (``--cv.folds 1 2 3``,
+    ``--pseudo.unlabelled a.wav b/``), passed on as one JSON list; a value already written as a
+    list (``[1,2,3]``) is passed as it is.
+    """
+    prefix = f"--{section}."
+    ours, rest, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith(prefix) and "=" not in token:
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                values.append(argv[i + 1])
+                i += 1
+            listed = len(values) == 1 and values[0].startswith("[")
+            if token[len(prefix) :] in list_options and values and not listed:
+                values = [json.dumps([_json_scalar(v) for v in values])]
+            ours += [token, *values]
+        elif token.startswith(prefix):
+            ours.append(token)
+        else:
+            rest.append(token)
+        i += 1
+    return ours, rest
+
+
+def _json_scalar(value: str) -> Any:
+    """A bare word as JSON reads it when it is a number, else the word itself (a path)."""
+    try:
+        number = json.loads(value)
+    except ValueError:
+        return value
+    return number if isinstance(number, int | float) else value
 
 
 def _bare_flags(argv: list[str], flags: set[str]) -> list[str]:

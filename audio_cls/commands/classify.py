@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from audio_cls.commands import UsageError, report_clip_problems
+from audio_cls.commands import UsageError, check_writable, report_clip_problems
 from audio_cls.inference import (
     PRECISIONS,
     Aggregation,
@@ -116,12 +116,14 @@ def predict_inputs(
     backend: Backend = "torch",
     precision: Precision = "auto",
     labels: str | None = None,
+    check_names: Callable[[list[str]], None] | None = None,
 ) -> tuple[ClipResults, list[str], Predictor]:
     """Predict every clip in ``inputs``; returns clip results, class names and the predictor.
 
     ``backend`` ``torch`` reads a ``.ckpt``; ``onnxruntime`` an ONNX file from ``export``.
     ``labels`` (``"a, b, c"``): the class names a ``text_teacher`` checkpoint scores instead of
-    its own.
+    its own. ``check_names`` sees the class names before anything is predicted (an option
+    that names classes fails then, not after the work).
     """
     from audio_cls.data.sources.files import AudioFiles
 
@@ -137,6 +139,8 @@ def predict_inputs(
             names = name_teacher_classes(model, labels, f"--ckpt {ckpt}")
         except ValueError as err:
             raise UsageError(str(err)) from None
+    if check_names is not None:
+        check_names(names)
     predictor = Predictor(
         model,
         windows,
@@ -153,17 +157,13 @@ def predict_inputs(
     return collect(predictions, len(names)), names, predictor
 
 
-def _check_writable(path: Path, option: str) -> None:
-    """Fail before predicting, not after, when an output cannot be written."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.probe")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
+def _check_event_classes(classes: list[str], class_names: list[str]) -> None:
+    unknown = [c for c in classes if c not in class_names]
+    if unknown:
         raise UsageError(
-            f"{option} {path}: cannot write there ({err.strerror}); pick another path"
-        ) from None
+            f"--events {', '.join(unknown)}: not a class of this model; its classes are: "
+            f"{', '.join(class_names)}"
+        )
 
 
 def _event_thresholds(
@@ -172,12 +172,7 @@ def _event_thresholds(
     """Each ``--events`` class's threshold, and the thresholds in words for the summary."""
     from audio_cls.callbacks.run_report import recorded_threshold
 
-    unknown = [c for c in classes if c not in class_names]
-    if unknown:
-        raise UsageError(
-            f"--events {', '.join(unknown)}: not a class of this model; its classes are: "
-            f"{', '.join(class_names)}"
-        )
+    _check_event_classes(classes, class_names)
     if threshold is not None:
         return {c: threshold for c in classes}, f"threshold {threshold:g} (--event_threshold)"
     recorded = recorded_threshold(ckpt)
@@ -252,7 +247,8 @@ def classify(
         events_out: The events CSV.
         event_threshold: Decision threshold of every ``--events`` class. Default: the one a
             checkpoint trained with ``report.positive_class`` chose on its validation clips,
-            for that class (chosen on clip probabilities, the mean of the windows'), else 0.5.
+            for that class, else 0.5. That one was chosen on clip probabilities (the windows'
+            aggregated) and is applied here to single windows.
         top_k: Classes listed per clip.
         tta: Time-shifted copies averaged per window (1: off).
         tta_max_shift: Largest TTA shift, as a fraction of the window.
@@ -278,12 +274,14 @@ def classify(
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1 (or left out for every clip), got {limit}")
     out_path = Path(out)
-    _check_writable(out_path, "--out")
+    check_writable(out_path, "--out")
     if timeline:
-        _check_writable(Path(timeline), "--timeline")
+        check_writable(Path(timeline), "--timeline")
     event_classes = [c.strip() for c in (events or "").split(",") if c.strip()]
+    if events is not None and not event_classes:
+        raise UsageError(f"--events {events!r} names no class: give class names, e.g. impact")
     if event_classes:
-        _check_writable(Path(events_out), "--events_out")
+        check_writable(Path(events_out), "--events_out")
     if event_threshold is not None and not 0 <= event_threshold <= 1:
         raise UsageError(f"--event_threshold must be in 0..1, got {event_threshold}")
 
@@ -300,6 +298,7 @@ def classify(
         backend,
         precision,
         labels,
+        check_names=lambda names: _check_event_classes(event_classes, names),
     )
     elapsed = time.perf_counter() - started
     if format == "submission":

@@ -158,13 +158,13 @@ def _config_dataset(config: dict[str, Any]) -> dict[str, Any] | None:
     source = (config.get("data") or {}).get("source")
     if not isinstance(source, dict):
         return None
-    from audio_cls.callbacks.run_stats import _option
+    from audio_cls.callbacks.run_stats import plain_setting
 
     kind = str(source.get("class_path", "")).rsplit(".", 1)[-1]
     options = {
         k: v
         for k, raw in (source.get("init_args") or {}).items()
-        if (v := _option(raw)) is not None
+        if (v := plain_setting(raw)) is not None
     }
     options.pop("download", None)
     return {"source": kind, "name": str(options.get("subset") or kind.lower()), "options": options}
@@ -207,10 +207,19 @@ def load_entry(path: str | Path) -> Entry:
     elif (folder / "metrics_test.json").is_file():
         folds = [_fold_of_run(folder, None, None, {})]
         family = dataset = None
+    elif not folder.is_dir():
+        raise UsageError(f"{given}: no such folder; give run or cross-validation folders")
     else:
+        inside = sorted(
+            p.name
+            for p in folder.iterdir()
+            if (p / "cv_summary.json").is_file() or (p / "metrics_test.json").is_file()
+        )
+        hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})"
         raise UsageError(
             f"{given} holds neither cv_summary.json nor metrics_test.json: give run folders "
             "(runs/<config>/version_N) or cross-validation folders (runs/<config>/cv_<time>)"
+            + (hint if inside else "")
         )
     first = folds[0].run_dir
     stats_path = first / "run_stats.json"
@@ -309,7 +318,13 @@ def _read_predictions(path: Path, class_names: list[str] | None) -> _Predictions
         raise UsageError(f"{path} is missing: --ensemble needs every run's {path.name}")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        names = [c[5:] for c in reader.fieldnames or [] if c.startswith("prob_")]
+        columns = reader.fieldnames or []
+        names = [c[5:] for c in columns if c.startswith("prob_")]
+        if "clip_id" not in columns or not names:
+            raise UsageError(
+                f"{path}: not a predictions file (no clip_id or prob_<class> columns); "
+                "--ensemble reads the ones fit writes into each run folder"
+            )
         if class_names is not None and names != class_names:
             raise UsageError(f"{path}: its classes {names} are not the dataset's {class_names}")
         index = {n: i for i, n in enumerate(names)}
@@ -403,12 +418,7 @@ def _ensemble(entries: Sequence[Entry], rounds: int, out: Path) -> tuple[Entry, 
 
     from audio_cls.callbacks.run_stats import VAL_PREDICTIONS_FILE
     from audio_cls.inference import ClipResults
-    from audio_cls.reports import (
-        write_classification_report,
-        write_confusion_matrix,
-        write_metrics,
-        write_predictions,
-    )
+    from audio_cls.reports import write_test_reports
 
     class_names = (entries[0].dataset or {}).get("class_names")
     folds, record = [], []
@@ -453,17 +463,8 @@ def _ensemble(entries: Sequence[Entry], rounds: int, out: Path) -> tuple[Entry, 
             segment_clip_index=torch.arange(n),
             segment_starts=torch.zeros(n, dtype=torch.long),
         )
-        write_metrics(
-            fold_dir / "metrics_test.json", {k: v for k, v in values.items() if v is not None}
-        )
-        write_predictions(fold_dir / "predictions.csv", results, class_names)
-        write_classification_report(fold_dir / "classification_report.csv", results, class_names)
-        write_confusion_matrix(
-            fold_dir / "confusion_matrix.png",
-            results,
-            class_names,
-            f"ensemble, fold {fold.key}: clip accuracy {values['test/clip_acc']:.3f}",
-        )
+        measured = {k: v for k, v in values.items() if v is not None}
+        write_test_reports(fold_dir, measured, results, class_names, f"ensemble, fold {fold.key}")
         folds.append(Fold(fold.key, fold.plan, None, values))
         record.append(
             {
@@ -715,6 +716,11 @@ def compare(
     if ensemble_rounds < 1:
         raise UsageError(f"--ensemble_rounds must be at least 1, got {ensemble_rounds}")
     entries = [load_entry(p) for p in inputs]
+    seen: dict[Path, str] = {}
+    for given, e in zip(inputs, entries):
+        if e.path.resolve() in seen:
+            raise UsageError(f"{given} is given twice (also as {seen[e.path.resolve()]})")
+        seen[e.path.resolve()] = given
     labels = [e.label for e in entries]
     for i, e in enumerate(entries):
         if labels.count(e.label) > 1:  # two folders of the same name under different roots

@@ -7,12 +7,14 @@ on all other folds and validates on nothing (the checkpoint of the last epoch is
 
 Every fold is a normal ``fit`` run (same config, same overrides) whose run directory sits under
 ``runs/<name>/cv_<time>/fold_<k>``; ``cv_summary.json`` beside them holds per-fold metrics and
-mean/std (sample standard deviation) over folds, of the test metrics and of what each fold's
-run records of itself (``run/params``, ``run/train_time_s``, ``run/test_segments_per_s``: see
+mean/std (sample standard deviation) over folds, of the test metrics (with
+``report.positive_class``, also that class's precision, recall and F1 at the threshold chosen
+on each fold's validation fold) and of what each fold's run records of itself
+(``run/params``, ``run/train_time_s``, ``run/test_segments_per_s``: see
 :mod:`audio_cls.callbacks.run_stats`), with each fold's run directory, the model family and the
 dataset (source, options, class names, fingerprint of its clips): what ``audio-cls compare``
-reads. ``--trainer.fast_dev_run`` runs one batch per
-fold and writes nothing, ``cv_summary.json`` included (the table is printed).
+reads. ``--trainer.fast_dev_run`` runs one batch per fold and writes nothing,
+``cv_summary.json`` included (the table is printed).
 
 With ``--cv.boost true`` each fold goes on: every clip of its train, val and test folds is
 embedded by that fold's best model (its pre-logit ``embedding``, written to the fold's
@@ -42,8 +44,9 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from audio_cls.callbacks.run_report import RunReport
 from audio_cls.callbacks.run_stats import RunStats, describe_data
-from audio_cls.commands import UsageError, report_clip_problems
+from audio_cls.commands import UsageError, report_clip_problems, split_section_argv
 from audio_cls.commands.lightning import AudioCLI, RunDirectoryError
 from audio_cls.reports import write_metrics
 
@@ -53,6 +56,9 @@ __all__ = ["cv_folds", "cv_options", "main", "run_cv", "summarize"]
 CV_METRICS = ("test/acc", "test/macro_f1", "test/clip_acc", "test/clip_macro_f1")
 #: The same metrics of LightGBM on each fold's embeddings (``--cv.boost true``).
 BOOST_METRICS = tuple(f"boost/{m}" for m in CV_METRICS)
+#: The positive class's test metrics of a one-against-the-rest run (``report.positive_class``),
+#: at the threshold chosen on its validation fold (:class:`audio_cls.callbacks.RunReport`).
+POSITIVE_METRICS = ("test/clip_pos_precision", "test/clip_pos_recall", "test/clip_pos_f1")
 #: What each fold's run records of itself (:class:`audio_cls.callbacks.RunStats`), summarised too.
 RUN_STATS = ("run/params", "run/train_time_s", "run/test_segments_per_s")
 
@@ -74,7 +80,7 @@ def cv_folds(folds: list[int], val: str = "next") -> list[dict[str, list[int]]]:
 def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and sample std of each metric over folds."""
     summary = {}
-    for metric in (*CV_METRICS, *BOOST_METRICS, *RUN_STATS):
+    for metric in (*CV_METRICS, *POSITIVE_METRICS, *BOOST_METRICS, *RUN_STATS):
         values = [f[metric] for f in per_fold if f.get(metric) is not None]
         if values:
             summary[metric] = {
@@ -208,7 +214,10 @@ def _labels(result: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if v}
 
 
-_HEADS = {
+_HEADS = {  # at most 13 characters, the width of a column
+    "test/clip_pos_precision": "pos precision",
+    "test/clip_pos_recall": "pos recall",
+    "test/clip_pos_f1": "pos f1",
     "run/params": "params",
     "run/train_time_s": "train s",
     "run/test_segments_per_s": "segments/s",
@@ -216,7 +225,8 @@ _HEADS = {
 
 
 def _table(per_fold: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
-    cols = [m for m in (*CV_METRICS, *BOOST_METRICS, *RUN_STATS) if m in summary]
+    order = (*CV_METRICS, *POSITIVE_METRICS, *BOOST_METRICS, *RUN_STATS)
+    cols = [m for m in order if m in summary]
     heads = [_HEADS.get(c) or c.replace("test/", "").replace("boost/", "lgbm ") for c in cols]
 
     def cell(col: str, value: float | None) -> str:
@@ -294,10 +304,16 @@ def _boost_fold(cli: AudioCLI, plan: dict[str, list[int]], options: dict[str, An
 
 
 def _fold_stats(cli: AudioCLI, cv_dir: Path | None) -> dict[str, Any]:
-    """The fold run's statistics (:data:`RUN_STATS`) and its directory (relative to the
-    cross-validation's folder where it lies inside it): what ``compare`` reads."""
+    """The fold run's statistics (:data:`RUN_STATS`), its positive-class metrics
+    (:data:`POSITIVE_METRICS`, where it scored a positive class) and its directory (relative
+    to the cross-validation's folder where it lies inside it): what ``compare`` reads."""
     stats = next((cb for cb in cli.trainer.callbacks if isinstance(cb, RunStats)), None)
+    report = next((cb for cb in cli.trainer.callbacks if isinstance(cb, RunReport)), None)
     row: dict[str, Any] = {}
+    if report is not None:  # the positive class's metrics, where the run scored one
+        row.update(
+            {m: report.test_metrics[m] for m in POSITIVE_METRICS if m in report.test_metrics}
+        )
     if stats is not None:
         recorded = stats.stats(cli.trainer, cli.model)
         row.update({m: recorded.get(m) for m in RUN_STATS})
@@ -307,30 +323,6 @@ def _fold_stats(cli: AudioCLI, cv_dir: Path | None) -> dict[str, Any]:
             run_dir = run_dir.relative_to(cv_dir.resolve())
         row["run_dir"] = str(run_dir)
     return row
-
-
-def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``--cv.*`` options (with their values) apart from the training options.
-
-    ``--cv.folds 1 2 3`` (several bare values) is accepted beside ``--cv.folds [1,2,3]``.
-    """
-    ours, rest, i = [], [], 0
-    while i < len(argv):
-        token = argv[i]
-        if token.startswith("--cv.") and "=" not in token:
-            values = []
-            while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                values.append(argv[i + 1])
-                i += 1
-            if token == "--cv.folds" and len(values) > 1:
-                values = [f"[{','.join(values)}]"]
-            ours += [token, *values]
-        elif token.startswith("--cv."):
-            ours.append(token)
-        else:
-            rest.append(token)
-        i += 1
-    return ours, rest
 
 
 def _cv_parser():
@@ -343,7 +335,7 @@ def _cv_parser():
 
 def main(argv: list[str]) -> dict[str, Any]:
     """``audio-cls cv``: fit's options plus ``--cv.folds`` / ``--cv.val``."""
-    ours, rest = _split_argv(argv)
+    ours, rest = split_section_argv(argv, "cv", ("folds",))
     parser = _cv_parser()
     options = parser.parse_args(ours).cv
     if any(t in ("-h", "--help") for t in rest):

@@ -37,7 +37,7 @@ def export(
         tolerance: Largest accepted difference of a class probability between the exported
             file and PyTorch; a file beyond it is deleted and the export fails.
     """
-    from audio_cls.commands.classify import _check_writable
+    from audio_cls.commands import check_writable
     from audio_cls.export import ExportError, export_model
     from audio_cls.models import load_classifier
 
@@ -49,7 +49,7 @@ def export(
             f"17 is the default"
         )
     out_path = Path(out)
-    _check_writable(out_path, "--out")
+    check_writable(out_path, "--out")
     model, section = load_classifier(ckpt)
     try:
         report = export_model(model, section, out_path, format, opset, tolerance)

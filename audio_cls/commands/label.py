@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from audio_cls.commands import UsageError, report_clip_problems
-from audio_cls.commands.classify import _check_writable
-from audio_cls.inference import Aggregation
+from audio_cls.commands import UsageError, check_writable, report_clip_problems
+from audio_cls.inference import PRECISIONS, Aggregation, Precision
 from audio_cls.labelling import LabelManifest, hard_labels, label_clips, write_label_manifest
+from audio_cls.text import parse_names
 
 __all__ = ["label"]
 
@@ -46,6 +46,7 @@ def label(
     device: str = "auto",
     limit: int | None = None,
     strict: bool = False,
+    precision: Precision = "auto",
 ) -> LabelManifest:
     """Label audio files, folders (recursive) or CSV manifests with a checkpoint: soft and hard
     labels in a manifest the data module reads, unsure clips in a file of their own.
@@ -71,6 +72,10 @@ def label(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         limit: Only the first N clips.
         strict: Exit with status 1 when any file could not be read (default: list it, go on).
+        precision: ``auto``: the model (not the front end) under bf16 autocast where the
+            device computes bf16 natively, once it has given fp32's top class on the first
+            windows, else fp32; ``32``: fp32 (exactly reproducible); ``bf16``: bf16 autocast,
+            unchecked. As ``classify``'s.
     """
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
@@ -84,9 +89,14 @@ def label(
     out_path = Path(out)
     if out_path.suffix.lower() != ".csv":
         raise UsageError(f"--out {out}: a label manifest is a .csv file; name it e.g. labels.csv")
-    _check_writable(out_path, "--out")
-    if classes is not None and not classes.strip():
-        raise UsageError('--classes is empty: give class names separated by commas ("a, b")')
+    check_writable(out_path, "--out")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if classes is not None:  # before the checkpoint is read
+        try:
+            parse_names(classes, "--classes")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
 
     started = time.perf_counter()
     labelled = label_clips(
@@ -99,6 +109,7 @@ def label(
         tta=tta,
         device=device,
         limit=limit,
+        precision=precision,
     )
     elapsed = time.perf_counter() - started
     rows = labelled.rows()

@@ -1,26 +1,24 @@
 """``audio-cls pseudolabel``: rounds of pseudo-labelling on unlabelled audio.
 
 Round 0 fits the training config as it is. Each later round labels the unlabelled audio with the
-best checkpoint of the round before (:func:`audio_cls.labelling.label_clips`, through the
-inference core), keeps the clips whose top-1 probability reaches ``--pseudo.threshold``
-(:func:`audio_cls.labelling.write_label_manifest`, the others set aside in
-``round_<k>_pseudo_labels_unsure.csv``), and fits the config again from scratch with those clips added to
-the training folds (``--data.extra_train``) at ``--pseudo.weight``, as hard (top-1) or soft
-labels. Pseudo-labelled clips never reach validation or test: the data module refuses (or, with
-``--data.extra_overlap drop``, leaves out) any that is a validation or test clip.
+best checkpoint of the round before (through the inference core, as ``audio-cls label`` does),
+keeps the clips whose top-1 probability reaches ``--pseudo.threshold`` (the others are set aside
+in ``round_<k>_pseudo_labels_unsure.csv``), and fits the config again from scratch with those
+clips added to the training folds (``--data.extra_train``) at ``--pseudo.weight``, as hard
+(top-1) or soft labels. Pseudo-labelled clips never reach validation or test: the data module
+refuses (or, with ``--data.extra_overlap drop``, leaves out) any that is a validation or test
+clip.
 
 Every round is a normal ``fit`` run (same config, same overrides) whose run directory sits under
-``runs/<name>/pseudo_<time>/round_<k>``, beside the ``round_<k>_pseudo_labels.csv`` it
-trained with;
-``pseudo_summary.json`` holds each round's manifest, counts, checkpoint and metrics. A round in
-which no clip reaches the threshold ends the rounds early. ``--trainer.fast_dev_run`` runs one
-batch per round, labels with the model in memory and writes nothing.
+``runs/<name>/pseudo_<time>/round_<k>``, beside the ``round_<k>_pseudo_labels.csv`` it trained
+with; ``pseudo_summary.json`` holds each round's manifest, counts, checkpoint and metrics. A
+round in which no clip reaches the threshold ends the rounds early. ``--trainer.fast_dev_run``
+runs one batch per round, labels with the model in memory and writes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -29,7 +27,7 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from audio_cls.commands import UsageError, report_clip_problems
+from audio_cls.commands import UsageError, report_clip_problems, split_section_argv
 from audio_cls.commands.lightning import AudioCLI, RunDirectoryError
 from audio_cls.reports import write_metrics
 
@@ -127,31 +125,6 @@ def _claim(root: Path, tag: str) -> str:
     raise RunDirectoryError(f"cannot create a pseudo-labelling folder under {root}: all taken")
 
 
-def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``--pseudo.*`` options (with their values) apart from the training options; a list option
-    takes several bare values (``--pseudo.unlabelled a.wav b/``)."""
-    ours, rest, i = [], [], 0
-    while i < len(argv):
-        token = argv[i]
-        if token.startswith(PREFIX) and "=" not in token:
-            values = []
-            while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                values.append(argv[i + 1])
-                i += 1
-            if token == PREFIX + "unlabelled" and not (
-                len(values) == 1 and values[0].startswith("[")
-            ):
-                ours += [token, json.dumps(values)]
-            else:
-                ours += [token, *values]
-        elif token.startswith(PREFIX):
-            ours.append(token)
-        else:
-            rest.append(token)
-        i += 1
-    return ours, rest
-
-
 def _parser():
     from jsonargparse import ArgumentParser
 
@@ -162,7 +135,7 @@ def _parser():
 
 def main(argv: list[str]) -> dict[str, Any]:
     """``audio-cls pseudolabel``: fit's options plus ``--pseudo.*``."""
-    ours, rest = _split_argv(argv)
+    ours, rest = split_section_argv(argv, "pseudo", ("unlabelled",))
     parser = _parser()
     if any(t in ("-h", "--help") for t in (*rest, *ours)):
         print(

@@ -316,8 +316,8 @@ def native_bf16(device: torch.device) -> bool:
         return False
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:  # not Linux: ask PyTorch's dispatcher what it found
-        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    except OSError:  # not Linux: no flags to read, and emulated bf16 would be slower
+        return False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
@@ -327,8 +327,8 @@ class PrecisionChoice:
     ``32`` is fp32 throughout and ``bf16`` is bf16 autocast, both as asked. ``auto`` is bf16
     autocast only where :func:`native_bf16` holds and only after a trial on real input: the
     first ``trial_windows`` audible windows run in both precisions (their fp32 results are
-    the ones returned), and bf16 is adopted when it gives fp32's top-1 class on all but
-    ``max_disagreement`` of them; a close call (fp32's two best classes within ``close_call``)
+    the ones returned), and bf16 is adopted when it gives fp32's top-1 class on all but a
+    fraction ``max_disagreement`` of them; a close call (fp32's two best classes within ``close_call``)
     counts as agreeing. Otherwise it stays fp32. A model that is not a torch module (an ONNX
     Runtime session) runs as it is.
 
@@ -345,7 +345,6 @@ class PrecisionChoice:
     def __init__(self, precision: str, device: torch.device, is_module: bool) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-        self.asked = precision
         self.compared = 0
         self.disagreed = 0
         self.decided = precision != "auto" or not is_module or not native_bf16(device)

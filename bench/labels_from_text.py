@@ -3,6 +3,9 @@
     python bench/labels_from_text.py --root path/to/esc10 --out runs/labels_from_text \
         [--folds 1 2 3 4 5] [--zero-shot dog rooster] [--max-epochs N]
 
+Runs that finished are kept in ``--out`` and read again by a later call with the same ``--out``
+(remove a run's folder to fit it again).
+
 Half of every fold's clips keep their labels (stratified by class, seed 0); the other half's
 are hidden. For each test fold k (validation: the next fold, as ``audio-cls cv`` does):
 
@@ -71,7 +74,11 @@ def write_manifest(path: Path, clips: list[Clip], names: list[str]) -> Path:
 
 
 def fit(config: str, manifest: Path, workdir: Path, folds: dict, *options: str) -> dict:
-    """``audio-cls fit`` on ``manifest`` in ``workdir``; returns its test metrics."""
+    """``audio-cls fit`` on ``manifest`` in ``workdir``; returns its test metrics. A workdir
+    that holds a finished run (an interrupted bench run again) is read, not fitted again."""
+    done = sorted(workdir.rglob("metrics_test.json"), key=lambda p: p.stat().st_mtime)
+    if done and list(workdir.rglob("best.ckpt")):
+        return json.loads(done[-1].read_text())
     workdir.mkdir(parents=True, exist_ok=True)
     source = {
         "class_path": "audio_cls.data.sources.CSVManifest",

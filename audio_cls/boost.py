@@ -46,12 +46,7 @@ import torch
 from audio_cls.embeddings import COLUMNS, LEVELS, META_KEY, arrow, read_table
 from audio_cls.extras import require
 from audio_cls.inference import AGGREGATIONS, Aggregation, ClipResults, aggregate_clips
-from audio_cls.reports import (
-    write_classification_report,
-    write_confusion_matrix,
-    write_metrics,
-    write_predictions,
-)
+from audio_cls.reports import write_metrics, write_test_reports
 
 __all__ = [
     "FEATURES",
@@ -780,7 +775,7 @@ def run_boost(
 
     # reports, as a neural run writes them
     names = data.class_names
-    write_metrics(out / "metrics_test.json", test_metrics)
+    write_test_reports(out, test_metrics, results, names, top_k=opts.top_k)
     write_metrics(
         out / "metrics_val.json",
         {
@@ -789,11 +784,6 @@ def run_boost(
             "history": [{"iteration": i + 1, "val/logloss": v} for i, v in enumerate(history)],
         },
     )
-    write_predictions(out / "predictions.csv", results, names, opts.top_k)
-    write_classification_report(out / "classification_report.csv", results, names)
-    acc = test_metrics.get("test/clip_acc")
-    title = f"clip accuracy {acc:.3f}" if acc is not None else "test clips"
-    write_confusion_matrix(out / "confusion_matrix.png", results, names, title)
     _write_feature_importance(out / "feature_importance.csv", booster)
     booster.save_model(str(out / "lightgbm.txt"), num_iteration=best)
     if mlp is not None:

@@ -377,7 +377,7 @@ def test_student_config_parses_with_early_stopping(capsys):
 E2E_DATA = {"clip_sec": None, "window_sec": 0.5, "drop_silent_db": 20.0, "batch_size": 8}
 
 
-@pytest.mark.slow
+# the end-to-end check: seeded fits of tiny models, about 15 s on a quiet CPU
 def test_a_student_from_teacher_labels_beats_chance(synthetic_root, tmp_path_factory, tmp_path):
     from audio_cls.labelling import label_clips, write_label_manifest
 

@@ -47,7 +47,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from audio_cls.callbacks.run_report import RunReport
 from audio_cls.callbacks.run_stats import RunStats, describe_data
 from audio_cls.commands import UsageError, report_clip_problems, split_section_argv
-from audio_cls.commands.lightning import AudioCLI, RunDirectoryError
+from audio_cls.commands.lightning import AudioCLI, claim_folder, run_root
 from audio_cls.reports import write_metrics
 
 __all__ = ["cv_folds", "cv_options", "main", "run_cv", "summarize"]
@@ -134,39 +134,6 @@ class _FoldCLI(AudioCLI):
                 self.wandb_args.append((base, logger.init_args))
         # before the run directory is claimed, which follows the versions set here
         super().before_instantiate_classes()
-
-
-def _run_root(probe: AudioCLI) -> Path:
-    """Where fit's run directories go: the first versioned logger's root, or the root dir."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    loggers = probe.trainer.loggers
-    if loggers and isinstance(loggers[0], (CSVLogger, TensorBoardLogger)):
-        return Path(loggers[0].root_dir)
-    return Path(probe.trainer.default_root_dir)
-
-
-def _reason(err: OSError) -> str:
-    text = err.strerror or str(err)
-    return text[:1].lower() + text[1:]
-
-
-def _claim_tag(root: Path, tag: str) -> str:
-    """Create ``root/tag`` (``tag-2``, ``tag-3``... when taken) and return the name used."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunDirectoryError(f"cannot create {root}: {_reason(err)}") from None
-    for i in range(1, 1000):
-        name = tag if i == 1 else f"{tag}-{i}"
-        try:
-            os.mkdir(root / name)
-            return name
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise RunDirectoryError(f"cannot create {root / name}: {_reason(err)}") from None
-    raise RunDirectoryError(f"cannot create a cross-validation folder under {root}: all taken")
 
 
 def _log_summary_to_wandb(
@@ -376,10 +343,10 @@ def run_cv(
     folds = folds or probe.datamodule.manifest.folds
     plans = cv_folds(folds, val)
     debugging = bool(probe.trainer.fast_dev_run)  # one batch per fold, nothing written
-    root = None if debugging else _run_root(probe)
+    root = None if debugging else run_root(probe)
     tag = time.strftime("cv_%Y%m%d-%H%M%S")
     if root is not None and rank_zero_only.rank == 0:
-        tag = _claim_tag(root, tag)  # two cross-validations started together get two folders
+        tag = claim_folder(root, tag)  # two cross-validations started together get two folders
     started = time.perf_counter()
     per_fold = []
     cli = None

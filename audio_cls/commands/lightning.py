@@ -44,10 +44,12 @@ from audio_cls.models import AudioClassifier
 __all__ = [
     "AudioCLI",
     "RunDirectoryError",
+    "claim_folder",
     "claim_version",
     "finish_wandb",
     "main",
     "resolve_precision",
+    "run_root",
 ]
 
 #: Errors only a write gives (full disk, quota, read-only): the run stops with one line naming
@@ -525,3 +527,34 @@ def resolve_precision(precision: Any, accelerator: Any) -> Any:
 def main(argv: list[str]) -> None:
     """Run a LightningCLI verb (``argv`` starts with it)."""
     AudioCLI(args=argv)
+
+
+def run_root(probe: AudioCLI) -> Path:
+    """Where fit's run directories go for a parsed (not run) CLI: the first versioned logger's
+    root, or the trainer's root dir. Verbs that run several fits (``cv``, ``pseudolabel``) put
+    their own folder there."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = probe.trainer.loggers
+    if loggers and isinstance(loggers[0], (CSVLogger, TensorBoardLogger)):
+        return Path(loggers[0].root_dir)
+    return Path(probe.trainer.default_root_dir)
+
+
+def claim_folder(root: Path, tag: str) -> str:
+    """Create ``root/tag`` (``tag-2``, ``tag-3``... when taken, so that two verbs started
+    together get two folders) and return the name used."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirectoryError(f"cannot create {root}: {_reason(err)}") from None
+    for i in range(1, 1000):
+        name = tag if i == 1 else f"{tag}-{i}"
+        try:
+            os.mkdir(root / name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise RunDirectoryError(f"cannot create {root / name}: {_reason(err)}") from None
+    raise RunDirectoryError(f"cannot create a folder {tag} under {root}: all 999 names taken")

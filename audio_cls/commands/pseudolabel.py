@@ -18,7 +18,6 @@ runs one batch per round, labels with the model in memory and writes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any, Literal
 from lightning.pytorch.utilities import rank_zero_info
 
 from audio_cls.commands import UsageError, report_clip_problems, split_section_argv
-from audio_cls.commands.lightning import AudioCLI, RunDirectoryError
+from audio_cls.commands.lightning import AudioCLI, claim_folder, run_root
 from audio_cls.reports import write_metrics
 
 __all__ = ["main", "pseudo_options", "run_pseudolabel"]
@@ -99,30 +98,6 @@ class _RoundCLI(AudioCLI):
                 logger.init_args.group = f"{base}-{self.tag}"
                 logger.init_args.name = f"{base}-{self.tag}-round{self.round}"
         super().before_instantiate_classes()
-
-
-def _run_root(probe: AudioCLI) -> Path:
-    """Where fit's run directories go: the first versioned logger's root, or the root dir."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    loggers = probe.trainer.loggers
-    if loggers and isinstance(loggers[0], (CSVLogger, TensorBoardLogger)):
-        return Path(loggers[0].root_dir)
-    return Path(probe.trainer.default_root_dir)
-
-
-def _claim(root: Path, tag: str) -> str:
-    """Create ``root/tag`` (``tag-2``... when taken) and return the name used."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        for i in range(1, 1000):
-            name = tag if i == 1 else f"{tag}-{i}"
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(root / name)
-                return name
-    except OSError as err:
-        raise RunDirectoryError(f"cannot create a folder under {root}: {err.strerror}") from None
-    raise RunDirectoryError(f"cannot create a pseudo-labelling folder under {root}: all taken")
 
 
 def _parser():
@@ -201,10 +176,10 @@ def run_pseudolabel(
             "--trainer.devices 1"
         )
     debugging = bool(probe.trainer.fast_dev_run)
-    root = None if debugging else _run_root(probe)
+    root = None if debugging else run_root(probe)
     tag = time.strftime("pseudo_%Y%m%d-%H%M%S")
     if root is not None:
-        tag = _claim(root, tag)
+        tag = claim_folder(root, tag)
     scratch = None
     if root is None:  # fast_dev_run writes nothing: the manifests go to a temporary folder
         scratch = tempfile.TemporaryDirectory(prefix="audio-cls-pseudo-")

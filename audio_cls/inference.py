@@ -355,6 +355,11 @@ class PrecisionChoice:
             log.info("precision auto: fp32 (no native bf16 on %s, or not a torch model)", device)
 
     @property
+    def windows_needed(self) -> int:
+        """Audible windows the trial still needs (0 once decided)."""
+        return 0 if self.decided else self.trial_windows - self.compared
+
+    @property
     def name(self) -> str:
         """What runs now: ``bf16``, ``32``, or ``32 (trying bf16)`` during the trial."""
         if not self.decided:
@@ -495,10 +500,13 @@ class Predictor:
         precision, trying bf16 beside fp32 while ``auto`` has not decided)."""
         choice = self.precision
         if dtype is None and not choice.decided:
-            fp32 = self._forward(x, torch.float32)
-            audible = x.abs().amax(-1).cpu() >= SILENT_PEAK
-            choice.observe(fp32, self._forward(x, torch.bfloat16), audible)
-            return fp32
+            # only the windows the trial still needs run twice; the rest of the batch runs in
+            # whatever the trial decides (or goes on with it, if silent windows left it short)
+            trial, rest = x[: choice.windows_needed], x[choice.windows_needed :]
+            fp32 = self._forward(trial, torch.float32)
+            audible = trial.abs().amax(-1).cpu() >= SILENT_PEAK
+            choice.observe(fp32, self._forward(trial, torch.bfloat16), audible)
+            return torch.cat([fp32, self._forward(rest)]) if len(rest) else fp32
         dtype = dtype or choice.dtype or torch.float32
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             if self.tap is None:

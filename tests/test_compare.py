@@ -5,7 +5,6 @@ run records of itself (``run_stats.json``), and W&B offline."""
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from audio_cls.commands import UsageError
 from audio_cls.commands.compare import compare, select_ensemble
 from tests.test_cli import FAST as CLI_FAST
 from tests.test_cli import TINY_SOURCE
-from tests.test_runs import _wandb_records
+from tests.test_runs import _fails_with_one_line, _wandb_records
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
 FAST = [*CLI_FAST, "--data.window_sec=0.5", "--trainer.max_epochs=1"]
@@ -131,17 +130,6 @@ def test_compare_writes_the_table_the_plot_and_the_ensemble(cvs, tmp_path):
         assert metrics["test/clip_acc"] == pytest.approx(right) == fold["test/clip_acc"]
         accs.append(right)
     assert float(ensemble["clip_acc_mean"]) == pytest.approx(np.mean(accs))
-
-
-def _fails_with_one_line(argv: list[str], monkeypatch, capsys) -> str:
-    monkeypatch.setattr(sys, "argv", ["audio-cls", *argv])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("audio-cls: error:")]
-    assert "Traceback" not in err and len(errors) == 1, err
-    return errors[0]
 
 
 def _edited_copy(cv: Path, to: Path, edit) -> Path:

@@ -26,6 +26,7 @@ __all__ = [
     "normalise_dashes",
     "report_clip_problems",
     "run_function_verb",
+    "section_parser",
     "split_section_argv",
 ]
 
@@ -153,6 +154,16 @@ def split_section_argv(
             rest.append(token)
         i += 1
     return ours, rest
+
+
+def section_parser(prog: str, options: Callable[..., Any], section: str) -> Any:
+    """The jsonargparse parser of a verb's own ``--<section>.*`` options, read from the
+    signature of ``options`` (the counterpart of :func:`split_section_argv`)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog=prog, add_help=False)
+    parser.add_function_arguments(options, section)
+    return parser
 
 
 def _json_scalar(value: str) -> Any:

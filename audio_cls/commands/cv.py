@@ -46,7 +46,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from audio_cls.callbacks.run_report import RunReport
 from audio_cls.callbacks.run_stats import RunStats, describe_data
-from audio_cls.commands import UsageError, report_clip_problems, split_section_argv
+from audio_cls.commands import (
+    UsageError,
+    report_clip_problems,
+    section_parser,
+    split_section_argv,
+)
 from audio_cls.commands.lightning import AudioCLI, claim_folder, run_root
 from audio_cls.reports import write_metrics
 
@@ -292,18 +297,10 @@ def _fold_stats(cli: AudioCLI, cv_dir: Path | None) -> dict[str, Any]:
     return row
 
 
-def _cv_parser():
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="audio-cls cv", add_help=False)
-    parser.add_function_arguments(cv_options, "cv")
-    return parser
-
-
 def main(argv: list[str]) -> dict[str, Any]:
     """``audio-cls cv``: fit's options plus ``--cv.folds`` / ``--cv.val``."""
     ours, rest = split_section_argv(argv, "cv", ("folds",))
-    parser = _cv_parser()
+    parser = section_parser("audio-cls cv", cv_options, "cv")
     options = parser.parse_args(ours).cv
     if any(t in ("-h", "--help") for t in rest):
         print(

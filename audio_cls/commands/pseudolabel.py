@@ -26,7 +26,12 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from audio_cls.commands import UsageError, report_clip_problems, split_section_argv
+from audio_cls.commands import (
+    UsageError,
+    report_clip_problems,
+    section_parser,
+    split_section_argv,
+)
 from audio_cls.commands.lightning import AudioCLI, claim_folder, run_root
 from audio_cls.reports import write_metrics
 
@@ -100,18 +105,10 @@ class _RoundCLI(AudioCLI):
         super().before_instantiate_classes()
 
 
-def _parser():
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="audio-cls pseudolabel", add_help=False)
-    parser.add_function_arguments(pseudo_options, "pseudo")
-    return parser
-
-
 def main(argv: list[str]) -> dict[str, Any]:
     """``audio-cls pseudolabel``: fit's options plus ``--pseudo.*``."""
     ours, rest = split_section_argv(argv, "pseudo", ("unlabelled",))
-    parser = _parser()
+    parser = section_parser("audio-cls pseudolabel", pseudo_options, "pseudo")
     if any(t in ("-h", "--help") for t in (*rest, *ours)):
         print(
             "usage: audio-cls pseudolabel --config CONFIG [fit options] --pseudo.unlabelled "

@@ -7,7 +7,7 @@ RUNS   ?= runs
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench clean
+.PHONY: help install demo test test-all lint format bench leaderboard clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench: install ## Benchmarks on ESC-10 (DATA=path/to/esc10), figures printed
 	$(BIN)/python bench/data_throughput.py --root $(or $(DATA),../shared/data/esc10)
 	$(BIN)/python bench/inference_throughput.py --root $(or $(DATA),../shared/data/esc10)
 	$(BIN)/python bench/families.py
+
+leaderboard: install ## Cross-validate every family on ESC-10 (DATA=path/to/esc10; hours on a CPU)
+	$(BIN)/python bench/leaderboard.py --root $(or $(DATA),../shared/data/esc10) --readme README.md
 
 clean: ## Remove caches and run outputs (keeps .venv and data/)
 	rm -rf $(RUNS) wandb lightning_logs .pytest_cache .ruff_cache build dist *.egg-info

@@ -323,6 +323,21 @@ def test_cross_validation_without_validation_folds(synthetic_root, tmp_path, mon
     assert all(f["test/clip_acc"] is not None for f in result["folds"])
 
 
+def test_cross_validation_of_one_named_fold_keeps_its_plan(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quickstart = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+    from audio_cls.commands.cv import main as run_cv
+
+    args = ["--config", quickstart, f"--data.root={synthetic_root}", *TINY_SOURCE, *FAST]
+    with pytest.raises(UsageError, match=r"--cv.test_folds \[4\]: not among .*\[1, 2, 3\]"):
+        run_cv([*args, "--cv.test_folds", "4"])
+    result = run_cv([*args, "--trainer.max_epochs=1", "--cv.test_folds", "2"])
+    # the plan the whole cross-validation gives fold 2: fold 3 validates, fold 1 trains
+    assert [(f["train"], f["val"], f["test"]) for f in result["folds"]] == [([1], [3], [2])]
+    summary = json.loads(next(tmp_path.rglob("cv_summary.json")).read_text())
+    assert [f["fold"] for f in summary["folds"]] == [2]
+
+
 def test_boosting_an_untrained_model_without_weights_says_where_they_come_from(tmp_path):
     config = str(Path(__file__).parents[1] / "configs" / "yamnet_lgbm_us8k.yaml")
     root = make_us8k_tree(tmp_path / "us8k")

@@ -94,6 +94,24 @@ def test_training_windows_are_augmented_and_jittered(synthetic_root):
     assert not torch.equal(a, b)
 
 
+def test_speed_perturbation_moves_pitch_and_keeps_the_window_length():
+    tone = torch.sin(2 * torch.pi * 1000 * torch.arange(16000) / 16000)  # 1 Hz FFT bins
+    augment = WaveformAugment(gain_db=None, noise_snr_db=None, speed=(0.9, 1.1))
+    torch.manual_seed(0)
+    outputs = [augment(tone) for _ in range(60)]
+    assert all(y.shape == tone.shape for y in outputs)
+    peaks = {int(torch.fft.rfft(y).abs().argmax()) for y in outputs}
+    assert peaks == {900, 950, 1000, 1050, 1100}  # every multiple of 1/20 in the range
+    torch.manual_seed(0)
+    assert all(torch.equal(augment(tone), y) for y in outputs[:5])  # the seed repeats it
+    slow = WaveformAugment(gain_db=None, noise_snr_db=None, speed=(0.5, 0.5))(tone)
+    assert int(torch.fft.rfft(slow).abs().argmax()) == 500
+    with pytest.raises(ValueError, match=r"augment.speed \[0.92, 0.93\] holds no multiple"):
+        WaveformAugment(speed=(0.92, 0.93))
+    with pytest.raises(ValueError, match="0.5 <= low <= high <= 2"):
+        WaveformAugment(speed=(1.2, 1.1))
+
+
 def test_silent_windows_are_dropped(tmp_path, write_tone):
     import soundfile as sf
 

@@ -223,6 +223,14 @@ def test_frontend_stays_fp32_under_autocast():
     assert feats.dtype == torch.float32
 
 
+@pytest.mark.parametrize("shape", [(3, SR // 2), (2, 2, SR // 4), (SR,)])
+def test_mel_power_is_torchaudios_mel_spectrogram(shape):
+    frontend = tiny("mel_cnn").frontend
+    waveform = torch.randn(*shape)
+    expected = frontend.mel(waveform)  # torchaudio's MelSpectrogram, |z| squared
+    torch.testing.assert_close(frontend.mel_power(waveform), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_waveform_frontend_scales_and_normalises():
     wave = torch.randn(2, 100) * 3 + 1
     front = WaveformSettings(normalize=True).build(SR)

@@ -215,12 +215,18 @@ def _table(per_fold: list[dict[str, Any]], summary: dict[str, dict[str, float]])
 
 
 def cv_options(
-    folds: list[int] | None = None, val: Literal["next", "none"] = "next", boost: bool = False
+    folds: list[int] | None = None,
+    test_folds: list[int] | None = None,
+    val: Literal["next", "none"] = "next",
+    boost: bool = False,
 ) -> None:
-    """Cross-validation options, given as ``--cv.folds``, ``--cv.val`` and ``--cv.boost``.
+    """Cross-validation options, given as ``--cv.folds``, ``--cv.test_folds``, ``--cv.val`` and
+    ``--cv.boost``.
 
     Args:
-        folds: Folds to test in turn (None: every fold of the dataset).
+        folds: Folds that take part, each tested in turn (None: every fold of the dataset).
+        test_folds: Test only these of them, with the same train/val folds as the whole
+            cross-validation gives them (one named fold where all of them would take too long).
         val: ``next``: the next fold validates (early stopping, best checkpoint); ``none``:
             train on all other folds and keep the last epoch.
         boost: Also fit LightGBM on each fold's embeddings of its own model (the config's
@@ -299,13 +305,13 @@ def _fold_stats(cli: AudioCLI, cv_dir: Path | None) -> dict[str, Any]:
 
 def main(argv: list[str]) -> dict[str, Any]:
     """``audio-cls cv``: fit's options plus ``--cv.folds`` / ``--cv.val``."""
-    ours, rest = split_section_argv(argv, "cv", ("folds",))
+    ours, rest = split_section_argv(argv, "cv", ("folds", "test_folds"))
     parser = section_parser("audio-cls cv", cv_options, "cv")
     options = parser.parse_args(ours).cv
     if any(t in ("-h", "--help") for t in rest):
         print(
             "usage: audio-cls cv --config CONFIG [fit options] [--cv.folds K ...] "
-            "[--cv.val next|none] [--cv.boost true]\n"
+            "[--cv.test_folds K ...] [--cv.val next|none] [--cv.boost true]\n"
         )
         print(__doc__ or "")
         parser.print_help()
@@ -318,11 +324,21 @@ def main(argv: list[str]) -> dict[str, Any]:
         print(buffer.getvalue().rstrip())
         print(parser.dump(parser.parse_args(ours), skip_none=False).rstrip())
         return {}
-    return run_cv(rest, folds=options.folds, val=options.val, boost=options.boost)
+    return run_cv(
+        rest,
+        folds=options.folds,
+        test_folds=options.test_folds,
+        val=options.val,
+        boost=options.boost,
+    )
 
 
 def run_cv(
-    rest: list[str], folds: list[int] | None = None, val: str = "next", boost: bool = False
+    rest: list[str],
+    folds: list[int] | None = None,
+    val: str = "next",
+    boost: bool = False,
+    test_folds: list[int] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate the training config given by ``rest`` (fit's options)."""
     probe = AudioCLI(args=rest, run=False)  # resolves the config once to learn the folds
@@ -339,6 +355,13 @@ def run_cv(
         _check_boost_ready(probe)
     folds = folds or probe.datamodule.manifest.folds
     plans = cv_folds(folds, val)
+    if test_folds:
+        unknown = sorted(set(test_folds) - set(folds))
+        if unknown:
+            raise UsageError(
+                f"--cv.test_folds {unknown}: not among the cross-validated folds {folds}"
+            )
+        plans = [p for p in plans if p["test"][0] in test_folds]
     debugging = bool(probe.trainer.fast_dev_run)  # one batch per fold, nothing written
     root = None if debugging else run_root(probe)
     tag = time.strftime("cv_%Y%m%d-%H%M%S")

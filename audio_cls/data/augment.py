@@ -7,9 +7,16 @@ module (``mixup_alpha``); SpecAugment works on features and lives in the model.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torchaudio
 
 __all__ = ["WaveformAugment", "mixup"]
+
+
+#: Speed factors are drawn as k / _SPEED_STEPS.
+_SPEED_STEPS = 20
 
 
 def _uniform(low: float, high: float) -> float:
@@ -17,13 +24,19 @@ def _uniform(low: float, high: float) -> float:
 
 
 class WaveformAugment:
-    """Random gain, circular time shift and additive noise at a random SNR, one clip at a time.
+    """Random speed, circular time shift, gain and additive noise at a random SNR, one window
+    at a time.
 
     Args:
         gain_db: Gain range in dB (None: off).
         shift_sec: Largest circular shift in seconds, either way (0: off).
         noise_snr_db: SNR range in dB of added white noise (None: off).
         noise_p: Probability of adding noise to a window.
+        speed: Range of playback speed factors (None: off), e.g. ``[0.9, 1.1]``: the window is
+            resampled, which stretches time and shifts pitch together (speed perturbation),
+            then centre-cropped or zero-padded back to its length. The factor is drawn
+            uniformly among the multiples of 1/20 in the range, which keeps each resampling
+            filter short.
     """
 
     #: Waveform rate, set by the data module that owns this augmentation.
@@ -35,18 +48,48 @@ class WaveformAugment:
         shift_sec: float = 0.0,
         noise_snr_db: tuple[float, float] | None = (10.0, 40.0),
         noise_p: float = 0.5,
+        speed: tuple[float, float] | None = None,
     ) -> None:
         for name, rng in (("gain_db", gain_db), ("noise_snr_db", noise_snr_db)):
             if rng is not None and (len(rng) != 2 or rng[0] > rng[1]):
                 raise ValueError(f"augment.{name} must be [low, high] with low <= high, got {rng}")
         if shift_sec < 0 or not 0 <= noise_p <= 1:
             raise ValueError("augment.shift_sec must be >= 0 and augment.noise_p within [0, 1]")
+        if speed is not None and (len(speed) != 2 or not 0.5 <= speed[0] <= speed[1] <= 2.0):
+            raise ValueError(
+                f"augment.speed must be [low, high] with 0.5 <= low <= high <= 2, got {speed}"
+            )
+        if (
+            speed is not None
+            and math.floor(speed[1] * _SPEED_STEPS + 1e-9) < speed[0] * _SPEED_STEPS - 1e-9
+        ):
+            raise ValueError(
+                f"augment.speed {list(speed)} holds no multiple of 1/{_SPEED_STEPS}: widen it"
+            )
+        self.speed = None if speed is None else (float(speed[0]), float(speed[1]))
         self.gain_db = gain_db
         self.shift_sec = shift_sec
         self.noise_snr_db = noise_snr_db
         self.noise_p = noise_p
 
+    def _change_speed(self, x: torch.Tensor) -> torch.Tensor:
+        low = math.ceil(self.speed[0] * _SPEED_STEPS - 1e-9)
+        high = math.floor(self.speed[1] * _SPEED_STEPS + 1e-9)
+        steps = int(torch.randint(low, high + 1, ()).item()) if high > low else low
+        if steps == _SPEED_STEPS:
+            return x
+        # steps/20 times faster: every `steps` samples become 20
+        y = torchaudio.functional.resample(x, steps, _SPEED_STEPS)
+        n = len(x)
+        if len(y) >= n:
+            start = (len(y) - n) // 2
+            return y[start : start + n]
+        before = (n - len(y)) // 2
+        return torch.nn.functional.pad(y, (before, n - len(y) - before))
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (T,)
+        if self.speed is not None:
+            x = self._change_speed(x)
         shift = int(self.shift_sec * self.sample_rate)
         if shift:
             x = torch.roll(x, int(torch.randint(-shift, shift + 1, ()).item()))
@@ -61,7 +104,7 @@ class WaveformAugment:
     def __repr__(self) -> str:
         return (
             f"WaveformAugment(gain_db={self.gain_db}, shift_sec={self.shift_sec}, "
-            f"noise_snr_db={self.noise_snr_db}, noise_p={self.noise_p})"
+            f"noise_snr_db={self.noise_snr_db}, noise_p={self.noise_p}, speed={self.speed})"
         )
 
 

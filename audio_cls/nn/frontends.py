@@ -230,11 +230,34 @@ class LogMelFrontend(Frontend):
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.hop_length + 1
 
+    def mel_power(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(..., time) -> (..., n_mels, frames)`` mel power: torchaudio's ``MelSpectrogram``
+        (``self.mel`` holds its settings, window and filterbank), with ``|z|^2`` summed as
+        ``re^2 + im^2``: its ``|z|`` then squared takes a square root per bin, a fifth of
+        MelCNN's inference time on a CPU."""
+        spec = self.mel.spectrogram
+        batch = waveform.shape[:-1]
+        z = torch.stft(
+            waveform.reshape(-1, waveform.shape[-1]),
+            spec.n_fft,
+            spec.hop_length,
+            spec.win_length,
+            spec.window,
+            center=spec.center,
+            pad_mode=spec.pad_mode,
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+        parts = torch.view_as_real(z)
+        mel = self.mel.mel_scale(parts[..., 0].square() + parts[..., 1].square())
+        return mel.reshape(*batch, *mel.shape[-2:])
+
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(..., time) -> (..., n_mels, frames)`` log-mel energies, before normalisation."""
         # fp32 even under autocast: the power spectrum spans ~100 dB
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            return torch.log(self.mel(waveform.float()) + 1e-6)
+            return torch.log(self.mel_power(waveform.float()) + 1e-6)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=waveform.device.type, enabled=False):

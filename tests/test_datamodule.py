@@ -108,7 +108,7 @@ def test_speed_perturbation_moves_pitch_and_keeps_the_window_length():
     assert int(torch.fft.rfft(slow).abs().argmax()) == 500
     with pytest.raises(ValueError, match=r"augment.speed \[0.92, 0.93\] holds no multiple"):
         WaveformAugment(speed=(0.92, 0.93))
-    with pytest.raises(ValueError, match="0.5 <= low <= high <= 2"):
+    with pytest.raises(ValueError, match=r"0\.5 <= low <= high <= 2"):
         WaveformAugment(speed=(1.2, 1.1))
 
 

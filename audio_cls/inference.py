@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -431,6 +432,66 @@ class _OpenClip:
         self.peak = 0.0
 
 
+class _Batches:
+    """Batches of a :meth:`Predictor.predict_files` call on their way through the model: run
+    at once with one worker, else up to ``workers`` at a time in threads; results reach their
+    clips in the order the batches were sent."""
+
+    def __init__(self, predictor: Predictor, clips: dict[int, _OpenClip]) -> None:
+        self.predictor, self.clips = predictor, clips
+        self.pool: ThreadPoolExecutor | None = None
+        # (the batch's future, its windows predicted already, whose windows they are)
+        self.inflight: deque[tuple[Future | None, list[torch.Tensor], list[tuple[int, int]]]]
+        self.inflight = deque()
+        self.threads = torch.get_num_threads()
+
+    def __enter__(self) -> _Batches:
+        workers = self.predictor.workers
+        if workers > 1:
+            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="audio-cls-model")
+            # the intra-op pool is shared: the workers split it rather than oversubscribe it
+            torch.set_num_threads(max(1, self.threads // workers))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self.threads)
+
+    def submit(self, windows: np.ndarray, owners: list[tuple[int, int]]) -> None:
+        p = self.predictor
+        if self.pool is None:
+            self._deliver(p.predict_windows(windows), owners)
+            return
+        # the precision trial's windows run first, here; switching the thread count for them
+        # would cost more (the thread pools are rebuilt) than it gains
+        head = []
+        while not p.precision.decided and len(windows):
+            needed = p.precision.windows_needed
+            head.append(p.predict_windows(windows[:needed]))
+            windows = windows[needed:]
+        future = self.pool.submit(p.predict_windows, windows) if len(windows) else None
+        self.inflight.append((future, head, owners))
+        while len(self.inflight) > p.workers:  # bounded: decoding waits for the model
+            self._collect()
+
+    def drain(self) -> None:
+        while self.inflight:
+            self._collect()
+
+    def _collect(self) -> None:
+        future, head, owners = self.inflight.popleft()
+        parts = [*head, future.result()] if future is not None else head
+        self._deliver(torch.cat(parts) if len(parts) > 1 else parts[0], owners)
+
+    def _deliver(self, probs: torch.Tensor, owners: list[tuple[int, int]]) -> None:
+        i = 0
+        for k, n in owners:
+            self.clips[k].probs.append(probs[i : i + n])
+            self.clips[k].pending -= n
+            i += n
+
+
 class Predictor:
     """A model ready to classify audio: window settings, batching, TTA and aggregation.
 
@@ -453,6 +514,11 @@ class Predictor:
             window, pooled to ``(B, D)`` by :func:`pooled_tap` and averaged over ``tta``, in
             place of probabilities; a clip's output is then its windows' mean (``aggregation``
             is not used). Needs a model with the model contract (an ``AudioClassifier``).
+        workers: Batches in flight at once in :meth:`predict_files`, each in a thread of its
+            own with ``torch.get_num_threads() // workers`` intra-op threads while it runs
+            (the decoding stays in the caller's thread). None: 2 for a torch model on a CPU
+            with two or more threads, else 1. Two forward passes side by side keep a CPU's
+            cores busier than one pass split across them, and decoding fits between them.
     """
 
     def __init__(
@@ -466,11 +532,14 @@ class Predictor:
         block_sec: float = 60.0,
         precision: Precision = "auto",
         tap: str | None = None,
+        workers: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; use {', '.join(AGGREGATIONS)}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -484,6 +553,10 @@ class Predictor:
         self.block_sec = block_sec
         self.precision = PrecisionChoice(precision, self.device, isinstance(model, torch.nn.Module))
         self.tap = tap
+        if workers is None:  # a torch model on a CPU with two or more threads: two workers
+            on_cpu = self.device.type == "cpu" and isinstance(model, torch.nn.Module)
+            workers = 2 if on_cpu and torch.get_num_threads() >= 2 else 1
+        self.workers = workers
 
     @torch.inference_mode()
     def predict_windows(self, windows: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -562,24 +635,26 @@ class Predictor:
         batch: list[tuple[int, int, np.ndarray]] = []  # (clip key, offset in block, windows)
         queued = 0
         key = -1
-        for item in items:
-            kind = item[0]
-            if kind == "open":
-                key += 1
-                clips[key] = _OpenClip(item[1], item[2])
-            elif kind == "windows":
-                clip = clips[key]
-                clip.starts.append(item[1])
-                clip.pending += len(item[1])
-                batch.append((key, 0, item[2]))
-                queued += len(item[1])
-                if queued >= self.batch_size:
-                    queued = self._run(batch, clips, full_only=True)
-            else:
-                clip = clips[key]
-                clip.ended, clip.num_samples, clip.error, clip.peak = True, *item[1:]
-            yield from self._ready(clips)
-        self._run(batch, clips, full_only=False)
+        with _Batches(self, clips) as batches:
+            for item in items:
+                kind = item[0]
+                if kind == "open":
+                    key += 1
+                    clips[key] = _OpenClip(item[1], item[2])
+                elif kind == "windows":
+                    clip = clips[key]
+                    clip.starts.append(item[1])
+                    clip.pending += len(item[1])
+                    batch.append((key, 0, item[2]))
+                    queued += len(item[1])
+                    if queued >= self.batch_size:
+                        queued = self._run(batch, batches, full_only=True)
+                else:
+                    clip = clips[key]
+                    clip.ended, clip.num_samples, clip.error, clip.peak = True, *item[1:]
+                yield from self._ready(clips)
+            self._run(batch, batches, full_only=False)
+            batches.drain()
         yield from self._ready(clips)
 
     def _decoded(
@@ -604,10 +679,10 @@ class Predictor:
             yield ("end", int(counter[0]), error, counter[1])
 
     def _run(
-        self, batch: list[tuple[int, int, np.ndarray]], clips: dict[int, _OpenClip], full_only: bool
+        self, batch: list[tuple[int, int, np.ndarray]], batches: _Batches, full_only: bool
     ) -> int:
-        """Predict queued windows in batches (only whole batches with ``full_only``); returns
-        how many windows stay queued."""
+        """Send queued windows to the model in batches (only whole batches with
+        ``full_only``); returns how many windows stay queued."""
         while batch:
             total = sum(len(x) - off for _, off, x in batch)
             if full_only and total < self.batch_size:
@@ -623,12 +698,7 @@ class Predictor:
                     batch.pop(0)
                 else:
                     batch[0] = (k, off + n, x)
-            probs = self.predict_windows(np.concatenate(parts))
-            i = 0
-            for k, n in owners:
-                clips[k].probs.append(probs[i : i + n])
-                clips[k].pending -= n
-                i += n
+            batches.submit(np.concatenate(parts), owners)
         return 0
 
     def _ready(self, clips: OrderedDict[int, _OpenClip]) -> Iterator[ClipPrediction]:

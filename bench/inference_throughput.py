@@ -10,8 +10,11 @@ segments/s (median of --repeats).
 
 Rows, each end to end and model only, all in one run so that they share the machine's state:
 
-- ``torch fp32``: the baseline, ``--precision 32`` (MelCNN's backbone is channels-last
-  already, so every torch row is a channels-last figure);
+- ``torch fp32, 1 worker``: the baseline, ``--precision 32`` with one batch at a time on all
+  the threads, as ``classify`` ran before the predictor had workers (MelCNN's backbone is
+  channels-last already, so every torch row is a channels-last figure);
+- ``torch fp32, N workers``: the predictor's default layout on a CPU, N batches in flight in
+  threads that share the intra-op threads (model only is timed in the same layout);
 - ``torch auto``: what ``classify`` does by default (``--precision auto``): bf16 autocast
   where the CPU has native bf16 (AVX-512 BF16 or AMX) once it agreed with fp32 on the first
   64 windows, else fp32; the row names what the trial chose;
@@ -35,6 +38,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -70,15 +74,34 @@ def timed(run: Callable[[], ClipResults], repeats: int) -> tuple[list[float], Cl
     return rates, results
 
 
-def model_only(model: Callable, segments: torch.Tensor, batch: int, repeats: int) -> list[float]:
+def model_only(
+    model: Callable, segments: torch.Tensor, batch: int, repeats: int, workers: int = 1
+) -> list[float]:
+    """Segments/s of the model alone on windows in memory, laid out as the end-to-end row runs
+    it: ``workers`` batches at a time in threads, sharing the intra-op threads."""
+    threads = torch.get_num_threads()
+
+    @torch.inference_mode()
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x).float().softmax(-1)
+
     rates = []
-    with torch.inference_mode():
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    torch.set_num_threads(max(1, threads // workers))
+    try:
         for i in range(repeats + 1):
             t = time.perf_counter()
-            for x in segments.split(batch):
-                model(x).float().softmax(-1)
+            if pool is None:
+                for x in segments.split(batch):
+                    forward(x)
+            else:
+                list(pool.map(forward, segments.split(batch)))
             if i:
                 rates.append(len(segments) / (time.perf_counter() - t))
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            pool.shutdown()
     return rates
 
 
@@ -131,25 +154,37 @@ def main() -> None:
         )
 
         def classify(precision: str, **options) -> ClipResults:
-            """``classify``'s path; its predictor's choice of precision is kept in ``chosen``."""
+            """``classify``'s path; its predictor's precision and workers are kept."""
             results, _, predictor = predict_inputs(
                 ckpt, [audio], batch_size=bs, device="cpu", precision=precision, **options
             )
             chosen[precision] = predictor.precision.name
+            workers[precision] = predictor.workers
             return results
 
         chosen: dict[str, str] = {}
-        e2e, fp32 = timed(lambda: classify("32"), n)
-        rows.append(("torch fp32", e2e, model_only(model, segments, bs, n), fp32))
+        workers: dict[str, int] = {}
+        e2e, fp32 = timed(lambda: classify("32", workers=1), n)
+        rows.append(("torch fp32, 1 worker", e2e, model_only(model, segments, bs, n), fp32))
+
+        e2e, res = timed(lambda: classify("32"), n)
+        mo = model_only(model, segments, bs, n, workers["32"])
+        rows.append((f"torch fp32, {workers['32']} workers", e2e, mo, res))
 
         e2e, res = timed(lambda: classify("auto"), n)
         auto_bf16 = chosen["auto"] == "bf16"
-        mo = model_only(Autocast(model, torch.bfloat16) if auto_bf16 else model, segments, bs, n)
+        mo = model_only(
+            Autocast(model, torch.bfloat16) if auto_bf16 else model,
+            segments,
+            bs,
+            n,
+            workers["auto"],
+        )
         rows.append((f"torch auto ({'bf16' if auto_bf16 else 'fp32'})", e2e, mo, res))
 
         if native_bf16(torch.device("cpu")):
             e2e, res = timed(lambda: classify("bf16"), n)
-            mo = model_only(Autocast(model, torch.bfloat16), segments, bs, n)
+            mo = model_only(Autocast(model, torch.bfloat16), segments, bs, n, workers["bf16"])
             rows.append(("torch bf16", e2e, mo, res))
         else:
             print("torch bf16: skipped, this CPU has neither AVX-512 BF16 nor AMX")
@@ -177,17 +212,17 @@ def main() -> None:
     )
     base_e2e, base_mo = statistics.median(rows[0][1]), statistics.median(rows[0][2])
     print(
-        f"{'path':<20} {'end to end seg/s':>24} {'x fp32':>7} {'model only seg/s':>24} "
+        f"{'path':<22} {'end to end seg/s':>24} {'x fp32':>7} {'model only seg/s':>24} "
         f"{'x fp32':>7} {'e2e/model':>9} {'top-1 = fp32':>13}"
     )
     for name, e2e, mo, res in rows:
         me, mm = statistics.median(e2e), statistics.median(mo)
         print(
-            f"{name:<20} {me:8.0f} ({min(e2e):6.0f}-{max(e2e):6.0f}) {me / base_e2e:7.2f} "
+            f"{name:<22} {me:8.0f} ({min(e2e):6.0f}-{max(e2e):6.0f}) {me / base_e2e:7.2f} "
             f"{mm:8.0f} ({min(mo):6.0f}-{max(mo):6.0f}) {mm / base_mo:7.2f} {me / mm:9.2f} "
             f"{100 * agreement(res, fp32):12.2f}%"
         )
-    _, auto_e2e, auto_mo, auto_res = rows[1]
+    _, auto_e2e, auto_mo, auto_res = rows[2]
     me = statistics.median(auto_e2e)
     print(
         f"targets (torch auto, what classify does): end to end {me / base_e2e:.2f}x fp32's "

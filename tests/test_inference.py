@@ -76,18 +76,53 @@ def _write(path, seconds, seed):
 
 
 @pytest.mark.parametrize("background", [False, True])
-def test_files_equal_waveforms_and_batches_span_files(predictor, tmp_path, background):
-    lengths = [0.3, 1.7, 2.0, 0.9]
+@pytest.mark.parametrize("workers", [1, 3])
+def test_files_equal_waveforms_and_batches_span_files(predictor, tmp_path, background, workers):
+    predictor.workers = workers  # 3 batches of 7 windows in flight, in threads
+    lengths = [0.3, 1.7, 2.0, 0.9, 3.1, 0.6]
     waves = [_write(tmp_path / f"{i}.wav", s, i) for i, s in enumerate(lengths)]
     files = [(f"clip{i}", tmp_path / f"{i}.wav") for i in range(len(waves))]
     from_files = list(predictor.predict_files(files, background=background))
-    assert [p.clip_id for p in from_files] == ["clip0", "clip1", "clip2", "clip3"]
+    assert [p.clip_id for p in from_files] == [f"clip{i}" for i in range(len(waves))]
     for wave, pred in zip(waves, from_files):
         alone = predictor.predict_waveform(wave)
         assert pred.error is None and pred.num_samples == len(wave)
         assert torch.equal(pred.starts, alone.starts)
         torch.testing.assert_close(pred.window_probs, alone.window_probs, atol=1e-5, rtol=0)
         torch.testing.assert_close(pred.probs, alone.probs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["32", "auto"])
+def test_workers_split_the_threads_and_give_them_back(predictor, tmp_path, precision):
+    assert Predictor(predictor.model, predictor.windows, device="cpu").workers == (
+        2 if torch.get_num_threads() >= 2 else 1
+    )
+    for i in range(6):
+        _write(tmp_path / f"{i}.wav", 4.0, i)
+    files = [(f"c{i}", tmp_path / f"{i}.wav") for i in range(6)]
+    threads = torch.get_num_threads()
+    seen = []
+
+    class Counting(Predictor):
+        def predict_windows(self, windows):
+            seen.append((self.precision.decided, len(windows), torch.get_num_threads()))
+            return super().predict_windows(windows)
+
+    counting = Counting(predictor.model, predictor.windows, 16, precision=precision, workers=2)
+    assert len(list(counting.predict_files(files))) == 6
+    assert torch.get_num_threads() == threads
+    split = max(1, threads // 2)
+    # the precision trial (auto, with native bf16) runs first, on its 64 windows only
+    trial = [s for s in seen if not s[0]]
+    assert seen[: len(trial)] == trial
+    assert sum(k for _, k, _ in trial) == (64 if counting.precision.compared else 0)
+    assert {n for _, _, n in seen} == {split}
+    stream = counting.predict_files(files)
+    next(stream)
+    stream.close()  # stopped early: the pool is shut and the thread count restored
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        Predictor(predictor.model, predictor.windows, workers=0)
 
 
 def test_long_file_is_decoded_in_blocks(predictor, tmp_path):

@@ -376,6 +376,24 @@ def test_batcher_fills_shared_batches_and_keeps_each_request_in_order():
     assert batcher.stats.windows == 11 and batcher.stats.requests == 3
 
 
+def test_batcher_workers_answer_every_request_and_give_the_threads_back():
+    fake = _Recording(delay=0.01)
+    threads = torch.get_num_threads()
+    batcher = DynamicBatcher(fake, max_batch=4, max_wait_ms=1, workers=2)
+    try:
+        assert torch.get_num_threads() == max(1, threads // 2)
+        jobs = [np.full((n, 3), n, dtype=np.float32) for n in (1, 9, 4, 13, 2, 7)]
+        futures = [batcher.submit(j) for j in jobs]
+        results = [f.result(timeout=10) for f in futures]
+    finally:
+        batcher.close()
+    assert torch.get_num_threads() == threads
+    for job, got in zip(jobs, results):
+        np.testing.assert_allclose(got[:, 0].numpy(), job.sum(1))  # each row in its place
+    assert batcher.stats.windows == 36 and batcher.stats.requests == 6
+    assert sum(fake.sizes) == 36 and max(fake.sizes) <= 4
+
+
 def test_batcher_fails_only_the_request_that_breaks_the_model():
     fake = _Recording(delay=0.05)
     batcher = DynamicBatcher(fake, max_batch=64, max_wait_ms=100)

@@ -117,13 +117,15 @@ def predict_inputs(
     precision: Precision = "auto",
     labels: str | None = None,
     check_names: Callable[[list[str]], None] | None = None,
+    workers: int | None = None,
 ) -> tuple[ClipResults, list[str], Predictor]:
     """Predict every clip in ``inputs``; returns clip results, class names and the predictor.
 
     ``backend`` ``torch`` reads a ``.ckpt``; ``onnxruntime`` an ONNX file from ``export``.
     ``labels`` (``"a, b, c"``): the class names a ``text_teacher`` checkpoint scores instead of
     its own. ``check_names`` sees the class names before anything is predicted (an option
-    that names classes fails then, not after the work).
+    that names classes fails then, not after the work). ``workers``: the predictor's batches
+    in flight at once (:class:`audio_cls.inference.Predictor`).
     """
     from audio_cls.data.sources.files import AudioFiles
 
@@ -149,6 +151,7 @@ def predict_inputs(
         aggregation=aggregation,
         device=device,
         precision=precision,
+        workers=workers,
     )
     clips = AudioFiles(inputs, class_names=names).manifest(Path(".")).clips[:limit]
     predictions: list[ClipPrediction] = list(

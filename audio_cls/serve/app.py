@@ -376,6 +376,7 @@ def create_app(
             "batching": {
                 "max_batch": batcher.max_batch,
                 "max_wait_ms": batcher.max_wait * 1000,
+                "workers": batcher.workers,
                 **batcher.stats.as_dict(),
             },
         }

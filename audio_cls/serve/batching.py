@@ -1,11 +1,12 @@
 """Dynamic batching: windows of concurrent requests share the model's forward passes.
 
-One worker thread owns the model. A request hands its windows to :meth:`DynamicBatcher.submit`
-and gets a future of their probabilities; the worker waits for the first pending window, then
-at most ``max_wait_ms`` for more, fills a batch of up to ``max_batch`` windows (round robin over
-the waiting requests, so a long upload does not hold back short ones), runs
-:meth:`Predictor.predict_windows` once and hands each request its rows. A request larger than a
-batch spans several.
+Worker threads (the predictor's ``workers``: two on a CPU with two or more threads, each with
+its share of the intra-op threads) run the model. A request hands its windows to
+:meth:`DynamicBatcher.submit` and gets a future of their probabilities; a free worker waits for
+the first pending window, then at most ``max_wait_ms`` for more, fills a batch of up to
+``max_batch`` windows (round robin over the waiting requests, so a long upload does not hold
+back short ones), runs :meth:`Predictor.predict_windows` once and hands each request its rows.
+A request larger than a batch spans several, possibly in different workers.
 
 Nothing here imports FastAPI: the batcher is plain threads and futures, usable by any front.
 """
@@ -77,11 +78,14 @@ class DynamicBatcher:
     """Batches the windows of concurrent requests into shared forward passes.
 
     Args:
-        predictor: The loaded model; only the worker thread calls it.
+        predictor: The loaded model; only the worker threads call it.
         max_batch: Most windows per forward pass.
         max_wait_ms: Longest wait for more windows once one is pending.
         max_pending: Most windows waiting at once; beyond it :meth:`submit` raises
             :class:`BatcherBusyError` (a lone request larger than this is still accepted).
+        workers: Forward passes at once, each in a thread of its own; the process's intra-op
+            threads are split among them while the batcher runs (None: the predictor's
+            ``workers``).
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class DynamicBatcher:
         max_batch: int = 64,
         max_wait_ms: float = 5.0,
         max_pending: int = 8192,
+        workers: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -104,8 +109,18 @@ class DynamicBatcher:
         self._pending = 0  # windows not yet handed to a batch
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="audio-cls-batcher", daemon=True)
-        self._thread.start()
+        self._delivering = threading.Lock()  # workers finish parts of the same request
+        self._trial = threading.Lock()  # the precision trial runs one batch at a time
+        self.workers = workers or getattr(predictor, "workers", 1)
+        self._threads_before = torch.get_num_threads()
+        if self.workers > 1:
+            torch.set_num_threads(max(1, self._threads_before // self.workers))
+        self._threads = [
+            threading.Thread(target=self._work, name=f"audio-cls-batcher-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pending(self) -> int:
@@ -140,8 +155,11 @@ class DynamicBatcher:
         """Stop the worker; requests still waiting fail with ``RuntimeError``."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        if self.workers > 1:
+            torch.set_num_threads(self._threads_before)
         with self._cond:
             for job in self._jobs:
                 if not job.future.done():
@@ -188,22 +206,29 @@ class DynamicBatcher:
                     break
         return batch
 
+    def _predict(self, windows: np.ndarray) -> torch.Tensor:
+        precision = getattr(self.predictor, "precision", None)
+        if precision is not None and not precision.decided:
+            with self._trial:
+                return self.predictor.predict_windows(windows)
+        return self.predictor.predict_windows(windows)
+
     def _run(self, batch: list[tuple[_Job, int, int]]) -> None:
         started = time.perf_counter()
         try:
-            probs = self.predictor.predict_windows(
-                np.concatenate([job.windows[s : s + n] for job, s, n in batch])
-            )
+            probs = self._predict(np.concatenate([job.windows[s : s + n] for job, s, n in batch]))
         except Exception as err:  # one bad request must not fail its neighbours
             self._run_alone(batch, err)
             return
         finally:
-            self.stats.busy_sec += time.perf_counter() - started
-        self.stats.batches += 1
-        i = 0
-        for job, start, n in batch:
-            self._deliver(job, start, probs[i : i + n])
-            i += n
+            with self._delivering:
+                self.stats.busy_sec += time.perf_counter() - started
+        with self._delivering:
+            self.stats.batches += 1
+            i = 0
+            for job, start, n in batch:
+                self._deliver(job, start, probs[i : i + n])
+                i += n
 
     def _run_alone(self, batch: list[tuple[_Job, int, int]], err: Exception) -> None:
         """After a failed batch, each request's part again on its own: only the culprit fails."""
@@ -214,14 +239,16 @@ class DynamicBatcher:
             if job.future.done():
                 continue
             try:
-                probs = self.predictor.predict_windows(job.windows[start : start + n])
+                probs = self._predict(job.windows[start : start + n])
             except Exception as own:
                 self._fail(job, own)
             else:
-                self.stats.batches += 1
-                self._deliver(job, start, probs)
+                with self._delivering:
+                    self.stats.batches += 1
+                    self._deliver(job, start, probs)
 
     def _deliver(self, job: _Job, start: int, probs: torch.Tensor) -> None:
+        """Hand a request its rows (under ``_delivering``)."""
         if job.future.done():  # failed earlier in another batch
             return
         job.parts.append((start, probs))
@@ -238,6 +265,7 @@ class DynamicBatcher:
             if job in self._jobs:
                 self._pending -= job.left
                 self._jobs.remove(job)
-        if not job.future.done():
-            self.stats.requests += 1
-            job.future.set_exception(err)
+        with self._delivering:
+            if not job.future.done():
+                self.stats.requests += 1
+                job.future.set_exception(err)

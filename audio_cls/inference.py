@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import as_strided
 
 from audio_cls.data.segments import SHORT_CLIP_SEC, SILENT_PEAK, ShortClipPolicy, fit_length
 from audio_cls.io import printable_path
@@ -255,8 +256,10 @@ def cut_windows(
         total += len(block)
         starts = np.arange(next_start, total - window + 1, hop, dtype=np.int64)
         if len(starts):
-            offs = starts - buf_start
-            yield starts, np.stack([buf[o : o + window] for o in offs])
+            # a view of the buffer, no copy: the windows are copied once, into their batch
+            first = buf[starts[0] - buf_start :]
+            step = first.strides[0]
+            yield starts, as_strided(first, (len(starts), window), (hop * step, step), False)
             last_start = int(starts[-1])
             next_start = last_start + hop
         keep_from = min(next_start, max(total - window, 0))
@@ -444,6 +447,18 @@ class _Batches:
         self.inflight: deque[tuple[Future | None, list[torch.Tensor], list[tuple[int, int]]]]
         self.inflight = deque()
         self.threads = torch.get_num_threads()
+        # batches are assembled in reused buffers, one more than can be in flight: fresh
+        # memory for every batch costs page faults comparable to the copy itself
+        self.buffers: list[np.ndarray] = []
+        self.sent = 0
+
+    def buffer(self, rows: int) -> np.ndarray:
+        """An array ``(rows, window)`` that no batch in flight is reading."""
+        p = self.predictor
+        slot = self.sent % (p.workers + 1)
+        if slot == len(self.buffers):
+            self.buffers.append(np.empty((p.batch_size, p.windows.window), np.float32))
+        return self.buffers[slot][:rows]
 
     def __enter__(self) -> _Batches:
         workers = self.predictor.workers
@@ -459,7 +474,9 @@ class _Batches:
             torch.set_num_threads(self.threads)
 
     def submit(self, windows: np.ndarray, owners: list[tuple[int, int]]) -> None:
+        """Send a batch made in :meth:`buffer`."""
         p = self.predictor
+        self.sent += 1
         if self.pool is None:
             self._deliver(p.predict_windows(windows), owners)
             return
@@ -698,7 +715,9 @@ class Predictor:
                     batch.pop(0)
                 else:
                     batch[0] = (k, off + n, x)
-            batches.submit(np.concatenate(parts), owners)
+            windows = batches.buffer(self.batch_size - take)
+            np.concatenate(parts, out=windows)
+            batches.submit(windows, owners)
         return 0
 
     def _ready(self, clips: OrderedDict[int, _OpenClip]) -> Iterator[ClipPrediction]:

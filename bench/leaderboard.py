@@ -287,7 +287,8 @@ def _epochs(summary_path: Path) -> str:
         metrics = summary_path.parent / str(fold.get("run_dir", "")) / "metrics.csv"
         if metrics.exists():
             with metrics.open(newline="") as f:
-                epochs = [int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch")]
+                rows = csv.DictReader(f)  # the epochs that logged a training loss
+                epochs = [int(r["epoch"]) for r in rows if r.get("train/loss_epoch")]
             if epochs:
                 counts.append(max(epochs) + 1)
     if not counts:

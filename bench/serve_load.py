@@ -295,8 +295,9 @@ def main() -> None:
     print(f"audio-cls serve under load: {origin}, {args.clip_sec:g} s each, {info['model']}")
     print(
         f"  {args.clients} clients for {load['elapsed']:.1f} s, max_batch {args.max_batch}, "
-        f"max_wait {args.max_wait_ms:g} ms, {info['torch_threads']} torch threads (model "
-        f"alone: {torch.get_num_threads()}), {info['device']}, precision {info['precision']}"
+        f"max_wait {args.max_wait_ms:g} ms, {info['batching']['workers']} batcher workers of "
+        f"{info['torch_threads']} torch threads (model alone: 1 x {torch.get_num_threads()}), "
+        f"{info['device']}, precision {info['precision']}"
     )
     print(f"  requests:        {n_ok} ok, {n_ok / load['elapsed']:.1f} req/s")
     if n_ok:

@@ -137,3 +137,16 @@ def test_the_ensemble_row_comes_from_compare(tmp_path):
     assert row["per_fold_clip_acc"] == "1:0.900 2:0.920"
     assert row["clip_acc_mean"] == "0.9100"
     assert "| ensemble of cnn_esc10+vjepa2_esc10 |" in leaderboard.markdown_table([row])
+
+
+def test_epochs_are_those_that_trained(tmp_path):
+    for fold, last in ((1, 14), (2, 9)):  # fold 2 stopped early
+        run = tmp_path / f"fold_{fold}"
+        run.mkdir()
+        lines = ["epoch,step,train/loss_epoch,test/clip_acc"]
+        lines += [f"{e},{e * 10},0.5," for e in range(last + 1)]
+        lines.append(f"{last + 1},{last * 10 + 1},,0.9")  # the test row
+        (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    summary = tmp_path / "cv_summary.json"
+    summary.write_text(json.dumps({"folds": [{"run_dir": "fold_1"}, {"run_dir": "fold_2"}]}))
+    assert leaderboard._epochs(summary) == "10-15"

@@ -14,7 +14,9 @@ clip accuracy and macro-F1 over folds and each fold's clip accuracy.
 Without a GPU, the families meant for pretrained weights (tens of millions of parameters, hours
 per fold on two cores) run one named fold with a short schedule, and their command says so;
 with CUDA every config runs whole, in bf16. A row whose command is already in the CSV is kept
-(rows add up across sessions); ``--rerun`` measures it again. The ensemble row is
+(rows add up across sessions; ``--rerun`` measures it again). A cross-validation that finished
+without its row (an interrupted leaderboard) is recorded rather than rerun; ``--record-only``
+records such rows and starts nothing. The ensemble row is
 ``audio-cls compare --ensemble`` over the five-fold cross-validations found under
 ``runs/leaderboard/``: members and weights chosen on validation folds only.
 """
@@ -54,6 +56,7 @@ COLUMNS = [
     "date",
     "command",
 ]
+PRECISION_ENDS = ("-true", "-mixed")  # Lightning's precision names, as runs record them
 README_START = "<!-- leaderboard: bench/leaderboard.py writes this table -->"
 README_END = "<!-- /leaderboard -->"
 
@@ -99,7 +102,7 @@ def device_name() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}, bf16"
+        return f"cuda: {torch.cuda.get_device_name(0)}"
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -108,7 +111,7 @@ def device_name() -> str:
                 break
     except OSError:
         pass
-    return f"cpu: {os.cpu_count()} cores, {model}, fp32"
+    return f"cpu: {os.cpu_count()} cores, {model}"
 
 
 def read_rows(path: Path = CSV_PATH) -> list[dict[str, str]]:
@@ -219,9 +222,8 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
         if r.get("epochs"):
             where += f", {r['epochs']} epochs"
         params = f"{float(r['params']) / 1e6:.2f} M" if r.get("params") else "-"
-        device = r["device"].split(",")[0] + (
-            "" if r["device"].startswith("cuda") else " (2 cores)"
-        )
+        parts = r["device"].split(", ")  # kind and size, [CPU model], [training precision]
+        device = parts[0] + (f", {parts[-1]}" if parts[-1].endswith(PRECISION_ENDS) else "")
         name = f"`{r['name']}`" if r["name"] != "ensemble" else f"ensemble of {r['family']}"
         family = r["family"] if r["name"] != "ensemble" else "-"
         lines.append(
@@ -280,6 +282,16 @@ def five_fold_summaries() -> list[Path]:
     return [newest[e.config] for e in ENTRIES if e.config in newest]
 
 
+def _precision(summary_path: Path) -> str:
+    """The training precision the folds' runs record (``32-true``, ``bf16-mixed``...)."""
+    found = set()
+    for fold in json.loads(summary_path.read_text())["folds"]:
+        stats = summary_path.parent / str(fold.get("run_dir", "")) / "run_stats.json"
+        if stats.exists():
+            found.add(json.loads(stats.read_text()).get("precision") or "")
+    return "/".join(sorted(p for p in found if p))
+
+
 def _epochs(summary_path: Path) -> str:
     """Epochs the folds trained (early stopping may end some sooner), as ``min-max``."""
     counts = []
@@ -296,17 +308,22 @@ def _epochs(summary_path: Path) -> str:
     return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
 
 
-def run_entry(entry: Entry, root: str, device: str, rows: list[dict[str, str]], rerun: bool):
+def run_entry(
+    entry: Entry, root: str, device: str, rows: list[dict[str, str]], rerun: bool, run: bool
+):
     cuda = device.startswith("cuda")
     command = entry.command(root, cuda=cuda)
     folds = entry.folds(cuda)
     shown = shlex.join(command)
-    if not rerun and any(r["command"] == shown and r["device"] == device for r in rows):
+    if not rerun and any(r["command"] == shown and r["device"].startswith(device) for r in rows):
         print(f"{entry.config}: measured already ({shown}); --rerun measures it again")
         return rows
     path = None if rerun else find_summary(command, folds)
     if path is not None:  # finished earlier (an interrupted leaderboard): recorded, not rerun
         print(f"{entry.config}: recording the finished {path.parent.relative_to(REPO)}")
+    elif not run:
+        print(f"{entry.config}: no finished cross-validation under {WORK}")
+        return rows
     else:
         print(f"\n=== {entry.config}: {shown}", flush=True)
         started = time.time()
@@ -318,7 +335,9 @@ def run_entry(entry: Entry, root: str, device: str, rows: list[dict[str, str]], 
             return rows
     summary = json.loads(path.read_text())
     date = dt.date.fromtimestamp(path.stat().st_mtime).isoformat()
-    row = row_of_summary(entry.config, summary, shown, device, date, _epochs(path))
+    precision = _precision(path)
+    where = f"{device}, {precision}" if precision else device
+    row = row_of_summary(entry.config, summary, shown, where, date, _epochs(path))
     rows = upsert(rows, row)
     write_rows(rows)
     print(f"{entry.config}: clip accuracy {row['clip_acc_mean']} ± {row['clip_acc_std']}")
@@ -352,6 +371,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", metavar="CONFIG", help="these configs only")
     parser.add_argument("--rerun", action="store_true", help="measure rows already in the CSV")
     parser.add_argument("--no-ensemble", action="store_true", help="skip the ensemble row")
+    parser.add_argument(
+        "--record-only",
+        action="store_true",
+        help=f"write the rows of cross-validations finished under {WORK}, start none",
+    )
     parser.add_argument("--readme", type=Path, help="fill this README's leaderboard table")
     args = parser.parse_args(argv)
     rows = read_rows()
@@ -368,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         root = os.path.relpath(Path(args.root).resolve(), REPO)
         for entry in ENTRIES:
             if args.only is None or entry.config in args.only:
-                rows = run_entry(entry, root, device, rows, args.rerun)
+                rows = run_entry(entry, root, device, rows, args.rerun, not args.record_only)
         if not args.no_ensemble:
             rows = run_ensemble(device, rows)
     elif args.readme is None:

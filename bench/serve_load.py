@@ -104,6 +104,8 @@ def start_server(ckpt: Path, port: int, args: argparse.Namespace) -> subprocess.
     cmd = [sys.executable, "-m", "audio_cls.cli", "serve", "--ckpt", str(ckpt)]
     cmd += ["--port", str(port), "--device", "cpu", "--log_level", "warning"]
     cmd += ["--max_batch", str(args.max_batch), "--max_wait_ms", str(args.max_wait_ms)]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -262,6 +264,7 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=100_000)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, help="the server's batcher workers (its default)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

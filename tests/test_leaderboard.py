@@ -71,7 +71,7 @@ def test_a_row_holds_the_folds_and_their_mean():
     assert row["folds"] == "1 2 3 4 5"
     assert row["train_time_s"] == "50"
     table = leaderboard.markdown_table([row])
-    assert "| `cnn_esc10` | mel_cnn | 0.880 ± 0.050 | 0.800 ± 0.040 | 1-5 | 0.10 M |" in table
+    assert "| `cnn_esc10` | mel_cnn | 0.880 ± 0.050 | 0.800 ± 0.040 | 1-5 | 0.10 M | cpu |" in table
 
 
 def test_one_fold_rows_say_so_and_sort_after_five_fold_rows():
@@ -80,6 +80,8 @@ def test_one_fold_rows_say_so_and_sort_after_five_fold_rows():
     table = leaderboard.markdown_table([one, five]).splitlines()
     assert "`small`" in table[2] and "`big`" in table[3]
     assert "| fold 1 only |" in table[3]
+    five["device"] = "cpu: 2 cores, Some CPU, bf16-mixed"
+    assert "| cpu: 2 cores, bf16-mixed |" in leaderboard.markdown_table([five])
 
 
 def test_the_summary_of_the_same_command_is_found_and_others_are_not(tmp_path, monkeypatch):

@@ -379,6 +379,9 @@ def test_batcher_fills_shared_batches_and_keeps_each_request_in_order():
 def test_batcher_workers_answer_every_request_and_give_the_threads_back():
     fake = _Recording(delay=0.01)
     threads = torch.get_num_threads()
+    default = DynamicBatcher(fake)
+    default.close()
+    assert default.workers == 1  # the default: every thread on one batch
     batcher = DynamicBatcher(fake, max_batch=4, max_wait_ms=1, workers=2)
     try:
         assert torch.get_num_threads() == max(1, threads // 2)

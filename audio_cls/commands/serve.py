@@ -56,6 +56,7 @@ def serve(
     max_upload_mb: float = 50.0,
     aggregation: Aggregation | None = None,
     precision: Precision = "auto",
+    workers: int | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve a checkpoint: ``POST /predict``, a web page at ``/``, ``WS /stream``, ``/docs``.
@@ -77,6 +78,10 @@ def serve(
         precision: ``auto``: the model under bf16 autocast where the device computes bf16
             natively and it gave fp32's top class on the first 64 windows served, else fp32;
             ``32``: fp32; ``bf16``: bf16 autocast, unchecked. ``/info`` says which runs.
+        workers: Batches in the model at once, each in a thread with its share of PyTorch's
+            threads (default: 2 on a CPU with two or more threads, else 1, as ``classify``).
+            2 serves more requests; 1 gives each window every thread, the lowest latency
+            for a lone stream.
         log_level: uvicorn's log level: ``debug``, ``info``, ``warning``, ``error``.
     """
     from pathlib import Path
@@ -91,6 +96,8 @@ def serve(
         raise UsageError(f"--max_upload_mb must be > 0, got {max_upload_mb}")
     if precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
     if not Path(ckpt).is_file():
         raise UsageError(f"--ckpt {ckpt}: checkpoint not found (a .ckpt written by audio-cls fit)")
     require("fastapi", "serve", "audio-cls serve")
@@ -112,7 +119,13 @@ def serve(
             server.should_exit = True
 
     settings = ServeSettings(
-        max_batch, max_wait_ms, max_upload_mb, device, aggregation, precision=precision
+        max_batch,
+        max_wait_ms,
+        max_upload_mb,
+        device,
+        aggregation,
+        precision=precision,
+        workers=workers,
     )
     app = create_app(ckpt, settings, on_load_error=stop)
     server = require("uvicorn", "serve", "audio-cls serve").Server(

@@ -107,6 +107,8 @@ class ServeSettings:
         max_pending: Most windows waiting for the model before requests get 503.
         precision: The model's arithmetic, as :class:`audio_cls.inference.PrecisionChoice`
             takes it: ``auto`` (bf16 where native and it agrees with fp32), ``32``, ``bf16``.
+        workers: Batches in the model at once (:class:`DynamicBatcher`); None: the
+            predictor's (:class:`audio_cls.inference.Predictor`: 2 on a multi-threaded CPU).
     """
 
     max_batch: int = 64
@@ -116,12 +118,15 @@ class ServeSettings:
     aggregation: str | None = None
     max_pending: int = 8192
     precision: str = "auto"
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not self.max_upload_mb > 0:
             raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
         if self.precision not in PRECISIONS:
@@ -187,6 +192,7 @@ class _Model:
                 self.settings.max_batch,
                 self.settings.max_wait_ms,
                 self.settings.max_pending,
+                self.settings.workers or predictor.workers,
             )
         except Exception as err:  # reported by /health and the serve command, not a traceback
             self.status, self.error = "error", str(err) or type(err).__name__

@@ -1,7 +1,7 @@
 """Dynamic batching: windows of concurrent requests share the model's forward passes.
 
-Worker threads (the predictor's ``workers``: two on a CPU with two or more threads, each with
-its share of the intra-op threads) run the model. A request hands its windows to
+Worker threads (one by default; with more, each has its share of the intra-op threads) run
+the model. A request hands its windows to
 :meth:`DynamicBatcher.submit` and gets a future of their probabilities; a free worker waits for
 the first pending window, then at most ``max_wait_ms`` for more, fills a batch of up to
 ``max_batch`` windows (round robin over the waiting requests, so a long upload does not hold
@@ -84,8 +84,8 @@ class DynamicBatcher:
         max_pending: Most windows waiting at once; beyond it :meth:`submit` raises
             :class:`BatcherBusyError` (a lone request larger than this is still accepted).
         workers: Forward passes at once, each in a thread of its own; the process's intra-op
-            threads are split among them while the batcher runs (None: the predictor's
-            ``workers``).
+            threads are split among them while the batcher runs. One keeps a window's latency
+            lowest (every thread on it); two can deliver more where one pass leaves cores idle.
     """
 
     def __init__(
@@ -94,7 +94,7 @@ class DynamicBatcher:
         max_batch: int = 64,
         max_wait_ms: float = 5.0,
         max_pending: int = 8192,
-        workers: int | None = None,
+        workers: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -111,7 +111,9 @@ class DynamicBatcher:
         self._closed = False
         self._delivering = threading.Lock()  # workers finish parts of the same request
         self._trial = threading.Lock()  # the precision trial runs one batch at a time
-        self.workers = workers or getattr(predictor, "workers", 1)
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
         self._threads_before = torch.get_num_threads()
         if self.workers > 1:
             torch.set_num_threads(max(1, self._threads_before // self.workers))

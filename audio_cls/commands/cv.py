@@ -4,6 +4,8 @@ For each test fold k, the next fold (cyclically) validates (early stopping and t
 checkpoint) and the remaining folds train; the best checkpoint is then tested on fold k.
 Nothing of fold k is seen before its test, so the numbers are honest. ``--cv.val none`` trains
 on all other folds and validates on nothing (the checkpoint of the last epoch is tested).
+``--cv.test_folds 1`` runs only the fold that tests fold 1, with the plan the whole
+cross-validation gives it (one named fold where all would take too long).
 
 Every fold is a normal ``fit`` run (same config, same overrides) whose run directory sits under
 ``runs/<name>/cv_<time>/fold_<k>``; ``cv_summary.json`` beside them holds per-fold metrics and

@@ -59,22 +59,23 @@ class WaveformAugment:
             raise ValueError(
                 f"augment.speed must be [low, high] with 0.5 <= low <= high <= 2, got {speed}"
             )
-        if (
-            speed is not None
-            and math.floor(speed[1] * _SPEED_STEPS + 1e-9) < speed[0] * _SPEED_STEPS - 1e-9
-        ):
-            raise ValueError(
-                f"augment.speed {list(speed)} holds no multiple of 1/{_SPEED_STEPS}: widen it"
-            )
         self.speed = None if speed is None else (float(speed[0]), float(speed[1]))
+        self._speed_steps = (0, 0)  # the factors drawn, as k / _SPEED_STEPS, low and high k
+        if self.speed is not None:
+            low = math.ceil(self.speed[0] * _SPEED_STEPS - 1e-9)
+            high = math.floor(self.speed[1] * _SPEED_STEPS + 1e-9)
+            if high < low:
+                raise ValueError(
+                    f"augment.speed {list(speed)} holds no multiple of 1/{_SPEED_STEPS}: widen it"
+                )
+            self._speed_steps = (low, high)
         self.gain_db = gain_db
         self.shift_sec = shift_sec
         self.noise_snr_db = noise_snr_db
         self.noise_p = noise_p
 
     def _change_speed(self, x: torch.Tensor) -> torch.Tensor:
-        low = math.ceil(self.speed[0] * _SPEED_STEPS - 1e-9)
-        high = math.floor(self.speed[1] * _SPEED_STEPS + 1e-9)
+        low, high = self._speed_steps
         steps = int(torch.randint(low, high + 1, ()).item()) if high > low else low
         if steps == _SPEED_STEPS:
             return x

@@ -1,12 +1,12 @@
 """Dynamic batching: windows of concurrent requests share the model's forward passes.
 
-Worker threads (one by default; with more, each has its share of the intra-op threads) run
-the model. A request hands its windows to
-:meth:`DynamicBatcher.submit` and gets a future of their probabilities; a free worker waits for
-the first pending window, then at most ``max_wait_ms`` for more, fills a batch of up to
-``max_batch`` windows (round robin over the waiting requests, so a long upload does not hold
-back short ones), runs :meth:`Predictor.predict_windows` once and hands each request its rows.
-A request larger than a batch spans several, possibly in different workers.
+Worker threads (one by default; with more, each has its share of the intra-op threads) run the
+model. A request hands its windows to :meth:`DynamicBatcher.submit` and gets a future of their
+probabilities; a free worker waits for the first pending window, then at most ``max_wait_ms``
+for more, fills a batch of up to ``max_batch`` windows (round robin over the waiting requests,
+so a long upload does not hold back short ones), runs :meth:`Predictor.predict_windows` once
+and hands each request its rows. A request larger than a batch spans several, possibly in
+different workers.
 
 Nothing here imports FastAPI: the batcher is plain threads and futures, usable by any front.
 """
@@ -100,6 +100,8 @@ class DynamicBatcher:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.predictor = predictor
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
@@ -111,8 +113,6 @@ class DynamicBatcher:
         self._closed = False
         self._delivering = threading.Lock()  # workers finish parts of the same request
         self._trial = threading.Lock()  # the precision trial runs one batch at a time
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
         self._threads_before = torch.get_num_threads()
         if self.workers > 1:

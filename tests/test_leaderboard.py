@@ -137,7 +137,7 @@ def test_the_ensemble_row_comes_from_compare(tmp_path):
     row = leaderboard.row_of_ensemble(tmp_path / "compare.csv", "audio-cls compare", "cpu", "d")
     assert row["family"] == "cnn_esc10+vjepa2_esc10"
     assert row["per_fold_clip_acc"] == "1:0.900 2:0.920"
-    assert row["clip_acc_mean"] == "0.9100"
+    assert row["clip_acc_mean"] == "0.9100" and row["folds"] == "1 2"
     assert "| ensemble of cnn_esc10+vjepa2_esc10 |" in leaderboard.markdown_table([row])
 
 

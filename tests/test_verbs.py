@@ -163,9 +163,10 @@ def test_models_lists_families_and_pretrained_tags(capsys):
 
 
 def test_cv_print_config_shows_cv_options_beside_the_training_config(capsys):
-    main(["cv", "--config", QUICKSTART, "--cv.folds", "1", "2", "--print_config"])
+    options = ["--cv.folds", "1", "2", "3", "--cv.test_folds", "2", "--print_config"]
+    main(["cv", "--config", QUICKSTART, *options])
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["cv"] == {"folds": [1, 2], "val": "next", "boost": False}
+    assert printed["cv"] == {"folds": [1, 2, 3], "test_folds": [2], "val": "next", "boost": False}
     assert printed["model"]["class_path"] == "audio_cls.models.MelCNN"
 
 
